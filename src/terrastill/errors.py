@@ -38,9 +38,17 @@ class CatalogError(TerrastillError):
 
 
 class AssetReadError(TerrastillError):
-    """An image asset could not be read (missing, corrupt, unreachable)."""
+    """An image asset could not be read (missing, corrupt, unreachable).
+
+    ``transient`` is true when the asset was unreachable after retries (worth resuming later),
+    false when it is missing or corrupt (the observation group is rejected).
+    """
 
     http_status = 502
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class OutputError(BadInputError):

@@ -1,0 +1,1 @@
+"""The data stage: observations → STAC acquisitions → masked multi-temporal chips."""

@@ -1,0 +1,148 @@
+"""Target pixel grids: the chip grid snapped to the scene's native UTM grid, and AOI windows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from affine import Affine
+from pyproj import CRS, Transformer
+from rasterio.crs import CRS as RioCRS
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import transform as shp_transform
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 UTM zone containing (lon, lat) (no Norway/Svalbard exceptions)."""
+    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+@lru_cache(maxsize=64)
+def _transformer(src: int, dst: int) -> Transformer:
+    return Transformer.from_crs(CRS.from_epsg(src), CRS.from_epsg(dst), always_xy=True)
+
+
+def to_crs(geom: BaseGeometry, src_epsg: int, dst_epsg: int) -> BaseGeometry:
+    """Reproject a shapely geometry between two EPSG codes."""
+    if src_epsg == dst_epsg:
+        return geom
+    return shp_transform(_transformer(src_epsg, dst_epsg).transform, geom)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A north-up pixel grid: CRS, affine transform and size. Every read targets one."""
+
+    epsg: int
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def crs(self) -> RioCRS:
+        return RioCRS.from_epsg(self.epsg)
+
+    @property
+    def resolution(self) -> float:
+        return float(self.transform.a)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return (t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+
+    def lonlat_bounds(self, densify: int = 8) -> tuple[float, float, float, float]:
+        """The grid's footprint as a lon/lat bbox (densified edges)."""
+        return to_crs(box(*self.bounds).segmentize(self.resolution * densify), self.epsg,
+                      4326).bounds
+
+    def pixel_of(self, x: float, y: float) -> tuple[int, int]:
+        """(row, col) of the pixel containing map coordinate (x, y)."""
+        col, row = ~self.transform * (x, y)
+        return int(math.floor(row)), int(math.floor(col))
+
+    def to_dict(self) -> dict:
+        return {"epsg": self.epsg, "transform": list(self.transform)[:6],
+                "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GridSpec:
+        return cls(int(d["epsg"]), Affine(*d["transform"][:6]), int(d["width"]), int(d["height"]))
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """A regular grid of square chips (``size`` pixels of ``resolution`` m) in one UTM zone.
+
+    Chip (col, row) covers x in [col·L, (col+1)·L) and y in [row·L, (row+1)·L) with
+    L = size·resolution, so chip edges fall on the sensor's pixel grid, which is aligned to
+    multiples of the resolution in UTM metres.
+    """
+
+    epsg: int
+    size: int
+    resolution: float
+
+    @property
+    def extent(self) -> float:
+        return self.size * self.resolution
+
+    def cell_of(self, x: float, y: float) -> tuple[int, int]:
+        return int(math.floor(x / self.extent)), int(math.floor(y / self.extent))
+
+    def spec(self, col: int, row: int) -> GridSpec:
+        ext = self.extent
+        t = Affine(self.resolution, 0.0, col * ext, 0.0, -self.resolution, (row + 1) * ext)
+        return GridSpec(self.epsg, t, self.size, self.size)
+
+    def cells_covering(self, geom_utm: BaseGeometry) -> list[tuple[int, int]]:
+        """Every chip cell whose square intersects a geometry given in this grid's CRS."""
+        minx, miny, maxx, maxy = geom_utm.bounds
+        c0, r0 = self.cell_of(minx, miny)
+        c1, r1 = self.cell_of(maxx, maxy)
+        cells = []
+        for row in range(r0, r1 + 1):
+            for col in range(c0, c1 + 1):
+                b = self.spec(col, row).bounds
+                if geom_utm.intersects(box(*b)):
+                    cells.append((col, row))
+        return cells
+
+
+def window_grid(
+    aoi_utm: BaseGeometry, epsg: int, size: int, resolution: float, overlap: float
+) -> tuple[GridSpec, list[GridSpec]]:
+    """Sliding windows covering ``aoi_utm``: the output grid and the window grids inside it.
+
+    The output grid is the AOI's bounds snapped outward to the pixel grid; windows of ``size``
+    pixels step by ``size·(1-overlap)`` and the last row/column is shifted back to end at the
+    grid edge, so every output pixel is covered and no window leaves the output grid
+    (unless the AOI is smaller than one window, in which case the grid grows to one window).
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError("overlap must be in [0, 1)")
+    res = resolution
+    minx, miny, maxx, maxy = aoi_utm.bounds
+    x0 = math.floor(minx / res) * res
+    y1 = math.ceil(maxy / res) * res
+    width = max(size, math.ceil((maxx - x0) / res))
+    height = max(size, math.ceil((y1 - miny) / res))
+    out = GridSpec(epsg, Affine(res, 0.0, x0, 0.0, -res, y1), width, height)
+    stride = max(1, int(round(size * (1 - overlap))))
+
+    def starts(n: int) -> list[int]:
+        s = list(range(0, max(1, n - size + 1), stride))
+        if s[-1] + size < n:
+            s.append(n - size)
+        return s
+
+    windows = []
+    for r in starts(height):
+        for c in starts(width):
+            t = Affine(res, 0.0, x0 + c * res, 0.0, -res, y1 - r * res)
+            windows.append(GridSpec(epsg, t, size, size))
+    return out, windows
+

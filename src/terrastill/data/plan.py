@@ -1,0 +1,112 @@
+"""Group observations into chips (grid cell × date) and find each chip's candidate items."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from terrastill.catalog import Catalog, Search, pick_collections
+from terrastill.data.chips import ReadOptions, items_over
+from terrastill.data.grid import ChipGrid, GridSpec, to_crs, utm_epsg
+from terrastill.data.observations import Observations
+from terrastill.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChipTask:
+    """One chip to make: its grid, observation date, observations and candidate items."""
+
+    chip_id: str
+    grid: GridSpec
+    date: dt.date
+    rows: list[int]  # source rows of the observations in this chip
+    geoms_wkt: list[str]
+    labels: list[int]
+    items: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """Chip tasks plus observations rejected while grouping (too few per chip)."""
+
+    tasks: list[ChipTask]
+    rejected: list[dict]
+    collections: tuple[str, ...]
+
+
+def chip_id(epsg: int, col: int, row: int, day: dt.date) -> str:
+    """Stable chip id: zone, grid cell and date, e.g. ``32633_000123_005678_20240501``."""
+    return f"{epsg}_{col:06d}_{row:07d}_{day:%Y%m%d}"
+
+
+def catalog_collections(catalog: Catalog, opts: ReadOptions) -> tuple[str, ...]:
+    """The source's collections that ``catalog`` holds, or a clear error naming both sides."""
+    wanted = [c for ids in opts.profile.collections.values() for c in ids]
+    wanted = list(dict.fromkeys(wanted))
+    found = pick_collections(catalog, wanted)
+    if not found:
+        have = ", ".join(catalog.collection_ids()) or "none"
+        raise BadInputError(
+            f"{catalog.location}: no {opts.profile.name.upper()} collection (looked for "
+            f"{', '.join(wanted)}; the catalogue has {have})"
+        )
+    return found
+
+
+def group_observations(obs: Observations, chip_size: int, resolution: float,
+                       min_count: int) -> tuple[list[ChipTask], list[dict]]:
+    """Put observations falling in the same chip cell on the same date into one task."""
+    groups: dict[tuple[int, int, int, str], list[int]] = defaultdict(list)
+    table = obs.table.reset_index(drop=True)
+    for i, rec in enumerate(table.itertuples(index=False)):
+        epsg = utm_epsg(rec.lon, rec.lat)
+        cg = ChipGrid(epsg, chip_size, resolution)
+        geom_utm = to_crs(rec.geometry, 4326, epsg)
+        if rec.geometry.geom_type == "Point":
+            cells = [cg.cell_of(geom_utm.x, geom_utm.y)]
+        else:
+            cells = cg.cells_covering(geom_utm)
+        for col, row in cells:
+            groups[(epsg, col, row, rec.date)].append(i)
+    tasks, rejected = [], []
+    for (epsg, col, row, day), idx in sorted(groups.items()):
+        date = dt.date.fromisoformat(day)
+        cid = chip_id(epsg, col, row, date)
+        sub = table.iloc[idx]
+        if len(idx) < min_count:
+            for rec in sub.itertuples(index=False):
+                rejected.append({"source_row": rec.source_row, "lon": rec.lon, "lat": rec.lat,
+                                 "date": rec.date, "label": rec.label_name, "chip_id": cid,
+                                 "reason": f"only {len(idx)} observation(s) in chip {cid} "
+                                           f"(--min-count {min_count})"})
+            continue
+        grid = ChipGrid(epsg, chip_size, resolution).spec(col, row)
+        tasks.append(ChipTask(cid, grid, date, [int(r) for r in sub.source_row],
+                              [g.wkt for g in sub.geometry], [int(v) for v in sub.label]))
+    return tasks, rejected
+
+
+def attach_items(tasks: list[ChipTask], catalog: Catalog, collections: tuple[str, ...],
+                 opts: ReadOptions, max_scene_cloud: float | None = None) -> None:
+    """Search the catalogue once per observation date (union of that date's chips) and give
+    each task the items intersecting it."""
+    by_date: dict[dt.date, list[ChipTask]] = defaultdict(list)
+    for t in tasks:
+        by_date[t.date].append(t)
+    for day, group in sorted(by_date.items()):
+        start, end = opts.temporal.search_window(day)
+        boxes = [t.grid.lonlat_bounds() for t in group]
+        bbox = (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                max(b[2] for b in boxes), max(b[3] for b in boxes))
+        search = Search(collections, bbox,
+                        dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
+                        dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC),
+                        max_scene_cloud)
+        items = [it.to_dict(transform_hrefs=False) for it in catalog.search(search)]
+        for t in group:
+            t.items = items_over(items, t.grid)
+

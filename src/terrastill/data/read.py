@@ -1,0 +1,212 @@
+"""The one raster-reading path: assets → target grid, QA masks, reflectance, mosaics.
+
+``terrastill chips`` and ``terrastill predict`` both read imagery only through this module,
+so a model sees at inference exactly the tensors it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from terrastill.data.grid import GridSpec
+from terrastill.errors import AssetReadError
+from terrastill.retry import RetryPolicy, retry_call
+from terrastill.sources.base import SourceProfile
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_MARKERS = ("HTTP response code: 5", "HTTP response code: 429", "timed out",
+                      "Connection", "connection", "Couldn't connect", "reset by peer")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, RasterioIOError) and any(m in str(exc) for m in _TRANSIENT_MARKERS)
+
+
+def _gdal_env() -> dict[str, Any]:
+    """GDAL options for remote assets (retries, auth) when the HTTP helpers are available."""
+    try:
+        from terrastill.io_http import gdal_env
+    except ImportError:
+        return {"GDAL_HTTP_MAX_RETRY": 3, "GDAL_HTTP_RETRY_DELAY": 0.5,
+                "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    return gdal_env()
+
+
+def _aligned_window(src: rasterio.DatasetReader, grid: GridSpec) -> Window | None:
+    """The source window equal to ``grid`` when both share CRS, resolution and pixel phase."""
+    if src.crs is None or src.crs.to_epsg() != grid.epsg:
+        return None
+    st, gt = src.transform, grid.transform
+    if not (math.isclose(st.a, gt.a) and math.isclose(st.e, gt.e) and st.b == 0 and st.d == 0):
+        return None
+    col = (gt.c - st.c) / st.a
+    row = (gt.f - st.f) / st.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return Window(round(col), round(row), grid.width, grid.height)
+
+
+def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float) -> np.ndarray:
+    with rasterio.Env(**_gdal_env()), rasterio.open(href) as src:
+        dtype = src.dtypes[0]
+        out = np.full((grid.height, grid.width), fill, dtype=dtype)
+        win = _aligned_window(src, grid)
+        if win is not None:
+            # Fast path: same grid, so a plain windowed read of the overlapping part.
+            c0, r0 = max(0, win.col_off), max(0, win.row_off)
+            c1 = min(src.width, win.col_off + win.width)
+            r1 = min(src.height, win.row_off + win.height)
+            if c1 > c0 and r1 > r0:
+                part = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                oc, orow = c0 - win.col_off, r0 - win.row_off
+                out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
+            return out
+        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                       height=grid.height, resampling=resampling, nodata=fill,
+                       src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
+            return vrt.read(1, out_dtype=dtype)
+
+
+def read_asset(
+    href: str,
+    grid: GridSpec,
+    fill: float,
+    resampling: Resampling = Resampling.nearest,
+    policy: RetryPolicy | None = None,
+) -> np.ndarray:
+    """Read band 1 of ``href`` onto ``grid``; pixels the asset does not cover get ``fill``.
+
+    Transient remote failures are retried; anything else (missing file, corrupt tiles) becomes
+    an :class:`AssetReadError` naming the asset.
+    """
+    try:
+        return retry_call(lambda: _read_once(href, grid, resampling, fill), what=href,
+                          is_transient=_is_transient, policy=policy or RetryPolicy())
+    except RasterioError as exc:
+        transient = _is_transient(exc)
+        what = "unreachable after retries" if transient else "cannot read asset"
+        raise AssetReadError(f"{href}: {what} ({exc})", transient=transient) from exc
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Items of one collection acquired on one day, mosaicked together (tile edges)."""
+
+    collection: str
+    date: str  # ISO date
+    items: tuple[dict, ...]  # STAC item dicts, sorted by id
+
+    @property
+    def key(self) -> str:
+        return f"{self.collection}/{self.date}"
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [it["id"] for it in self.items]
+
+
+@dataclass
+class StepRead:
+    """One acquisition read onto a grid: scaled, masked reflectance plus provenance."""
+
+    data: np.ndarray  # (C, H, W) float32, NaN = masked / nodata / not covered
+    invalid_fraction: float
+    cloud_fraction: float
+    acquisition: Acquisition
+    hrefs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _hrefs(acq: Acquisition, profile: SourceProfile, band: str) -> list[tuple[str, dict]]:
+    """(href, item properties) per item of the acquisition that carries ``band``."""
+    out = []
+    for it in acq.items:
+        key = profile.asset_key(it["assets"], band)
+        if key is not None:
+            out.append((it["assets"][key]["href"], it["properties"]))
+    return out
+
+
+def read_qa(acq: Acquisition, profile: SourceProfile, grid: GridSpec,
+            mask_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(invalid, cloud) boolean masks of an acquisition over ``grid``, mosaicking its items.
+
+    ``invalid`` is true where no item covers the pixel, QA says nodata or a masked class;
+    ``cloud`` is true where QA says a masked class (clouds, shadows, ...). Items are mosaicked
+    first-valid-wins in id order. Sources without QA only get the coverage mask.
+    """
+    covered = np.zeros((grid.height, grid.width), dtype=bool)
+    flagged = np.zeros_like(covered)
+    qa_items = _hrefs(acq, profile, "qa")
+    if not qa_items:
+        # No QA asset: coverage comes from the first band's nodata.
+        first = profile.band_names[0]
+        for href, _props in _hrefs(acq, profile, first):
+            dn = read_asset(href, grid, fill=_fill(profile))
+            covered |= _valid_dn(dn, profile)
+        return ~covered, flagged
+    qa_fill = profile.qa_nodata if profile.qa_nodata is not None else 0
+    for href, _props in qa_items:
+        qa = read_asset(href, grid, fill=qa_fill)
+        here = (qa != qa_fill) & ~covered if profile.qa_nodata is not None else ~covered
+        bad = profile.invalid_mask(qa, mask_classes)
+        flagged |= here & bad
+        covered |= here
+    return ~covered | flagged, flagged
+
+
+def _fill(profile: SourceProfile) -> float:
+    return profile.nodata if profile.nodata is not None else 0
+
+
+def _valid_dn(dn: np.ndarray, profile: SourceProfile) -> np.ndarray:
+    valid = np.ones(dn.shape, dtype=bool) if profile.nodata is None else dn != profile.nodata
+    if np.issubdtype(dn.dtype, np.floating):
+        valid &= np.isfinite(dn)
+    return valid
+
+
+def read_acquisition(
+    acq: Acquisition,
+    profile: SourceProfile,
+    bands: Sequence[str],
+    grid: GridSpec,
+    mask_classes: Sequence[str],
+    resampling: Resampling = Resampling.nearest,
+    qa: tuple[np.ndarray, np.ndarray] | None = None,
+) -> StepRead:
+    """Read ``bands`` of one acquisition onto ``grid`` as masked float32 reflectance.
+
+    A pixel is NaN in every band when QA masks it, no item covers it, or any band is nodata
+    there, so a pixel is either fully valid or fully missing. ``qa`` passes masks already
+    computed by :func:`read_qa` (the acquisition choice reads them first).
+    """
+    invalid, cloud = qa if qa is not None else read_qa(acq, profile, grid, mask_classes)
+    out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
+    hrefs: dict[str, list[str]] = {}
+    for b, band in enumerate(bands):
+        filled = np.zeros((grid.height, grid.width), dtype=bool)
+        hrefs[band] = []
+        for href, props in _hrefs(acq, profile, band):
+            dn = read_asset(href, grid, fill=_fill(profile), resampling=resampling)
+            here = _valid_dn(dn, profile) & ~filled
+            if here.any():
+                refl = profile.to_reflectance(dn, props)
+                out[b][here] = refl[here]
+                filled |= here
+            hrefs[band].append(href)
+        invalid = invalid | ~filled
+    out[:, invalid] = np.nan
+    n = invalid.size
+    return StepRead(out, float(invalid.sum()) / n, float(cloud.sum()) / n, acq, hrefs)

@@ -1,0 +1,471 @@
+"""``terrastill predict``: a model over areas of interest through the chip pipeline, to COGs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from shapely.geometry import box, mapping
+from shapely.geometry.base import BaseGeometry
+
+from terrastill import __version__
+from terrastill.atomic import atomic_path, write_text_atomic
+from terrastill.catalog import Search, open_catalog
+from terrastill.data.chips import ReadOptions, items_over, read_chip
+from terrastill.data.grid import GridSpec, window_grid
+from terrastill.data.plan import catalog_collections
+from terrastill.data.temporal import TemporalOptions, group_acquisitions
+from terrastill.errors import (
+    AssetReadError,
+    BadInputError,
+    NoImageryError,
+    OutputError,
+    SpecMismatchError,
+    TerrastillError,
+)
+from terrastill.inference.aoi import DEFAULT_MAX_AREA_KM2, split_by_zone, validate_aois
+from terrastill.inference.blend import StripAccumulator, window_weight
+from terrastill.inference.cog import RowWriter, publish_cog
+
+log = logging.getLogger(__name__)
+STAGES = ("fetch imagery", "predict", "write COG")
+
+
+class Cancelled(TerrastillError):
+    """The prediction was cancelled by its caller."""
+
+    exit_code = 130
+    http_status = 409
+
+
+@dataclass
+class PredictRequest:
+    """Everything one prediction needs; defaults come from the model's input spec."""
+
+    model: Path
+    aois: list[BaseGeometry]
+    date: dt.date
+    out_dir: Path
+    catalog: str | None = None
+    max_cloud: float | None = None
+    tolerance: int | None = None
+    overlap: float = 0.25
+    precision: str = "auto"
+    batch_size: int = 8
+    write_probabilities: bool = False
+    workers: int = 0
+    scheduler: str | None = None
+    max_area_km2: float = DEFAULT_MAX_AREA_KM2
+    name: str = "prediction"
+
+
+@dataclass
+class PredictResult:
+    """Paths of the products, one per UTM zone, and where the time went."""
+
+    classes: list[Path] = field(default_factory=list)
+    probabilities: list[Path] = field(default_factory=list)
+    truecolor: list[Path] = field(default_factory=list)
+    sidecar: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+    pixels: int = 0
+
+
+@dataclass
+class WindowOutput:
+    """A window's model output (C, H, W) and the pixels that had input data."""
+
+    values: np.ndarray
+    valid: np.ndarray
+    rgb: np.ndarray | None
+    items: list[str]
+    reason: str = ""
+    read_s: float = 0.0
+    infer_s: float = 0.0
+
+
+@lru_cache(maxsize=4)
+def _load(model_path: str) -> Any:
+    from terrastill.models.modelfile import load_model_file
+
+    return load_model_file(model_path)
+
+
+def read_options(spec: dict, max_cloud: float | None, tolerance: int | None) -> ReadOptions:
+    """The chip-reading options a model was trained with (overrides for cloud/tolerance)."""
+    temporal = TemporalOptions(
+        int(spec["num_steps"]), int(spec.get("temporal_step", 0) or 0),
+        int(tolerance if tolerance is not None else spec.get("temporal_tolerance", 5)),
+        float(max_cloud if max_cloud is not None else spec.get("max_cloud", 50.0)))
+    return ReadOptions(source=spec["source"], bands=tuple(spec["bands"]), temporal=temporal,
+                       mask_classes=tuple(spec["mask_classes"]) if spec.get("mask_classes")
+                       is not None else None, resampling=spec.get("resampling", "nearest"))
+
+
+def use_bf16(precision: str, card: Any) -> bool:
+    """Whether to run under bf16 autocast: asked for, or 'auto' and measured harmless."""
+    import torch
+
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        raise BadInputError(f"--precision {precision!r}: expected fp32, bf16 or auto")
+    ok = bool((getattr(card, "precision", None) or {}).get("bf16_ok"))
+    if torch.cuda.is_available():
+        return ok
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return ok and bool(amx)
+
+
+def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
+                  items: Sequence[dict], read: ReadOptions, bf16: bool) -> list[WindowOutput]:
+    """Read and run the model on a batch of windows. Pure: runs the same on a Dask worker."""
+    import torch
+
+    from terrastill.data.normalize import normalize_chip
+
+    loaded = _load(model_path)
+    card = loaded.card
+    spec = card.input_spec
+    outs: list[WindowOutput | None] = []
+    tensors, idx = [], []
+    for g in grids:
+        t0 = time.perf_counter()
+        try:
+            chip = read_chip(g, date, items_over(items, g), read)
+        except (NoImageryError, AssetReadError) as exc:
+            if isinstance(exc, AssetReadError) and exc.transient:
+                raise
+            outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(exc),
+                                     time.perf_counter() - t0))
+            continue
+        x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
+        rgb = None
+        if all(b in chip.bands for b in ("red", "green", "blue")):
+            rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
+        ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
+        outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
+                                 read_s=time.perf_counter() - t0))
+        tensors.append(x)
+        idx.append(len(outs) - 1)
+    if tensors:
+        t0 = time.perf_counter()
+        device = next(loaded.model.parameters()).device
+        batch = torch.stack(tensors).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=bf16):
+            y = loaded.model(batch).float()
+        if card.task == "segmentation":
+            y = torch.softmax(y, dim=1)
+        elif card.task == "classification":
+            y = torch.softmax(y, dim=1)[:, :, None, None].expand(-1, -1, *batch.shape[-2:])
+        y = y.cpu().numpy()
+        dt_inf = (time.perf_counter() - t0) / len(tensors)
+        for j, k in enumerate(idx):
+            o = outs[k]
+            assert o is not None
+            o.values, o.infer_s = y[j], dt_inf
+    return [o for o in outs if o is not None]
+
+
+def _batches(seq: Sequence[GridSpec], n: int) -> Iterator[list[GridSpec]]:
+    for i in range(0, len(seq), n):
+        yield list(seq[i:i + n])
+
+
+def _nearest_dates(cat: Any, collections: tuple[str, ...], bbox: tuple, date: dt.date,
+                   days: int = 60) -> list[str]:
+    s = Search(collections, bbox,
+               dt.datetime.combine(date - dt.timedelta(days=days), dt.time.min, tzinfo=dt.UTC),
+               dt.datetime.combine(date + dt.timedelta(days=days), dt.time.max, tzinfo=dt.UTC))
+    dates = sorted({str(it.datetime.date()) for it in cat.search(s) if it.datetime})
+    return sorted(dates, key=lambda d: abs((dt.date.fromisoformat(d) - date).days))[:4]
+
+
+def _check_output(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / ".write-test"):
+            pass
+        (out_dir / ".write-test").unlink(missing_ok=True)
+    except (OSError, OutputError) as exc:
+        raise OutputError(f"{out_dir}: output folder is not writable ({exc})") from exc
+
+
+class _Zone:
+    """Accumulators and writers of one UTM-zone product."""
+
+    def __init__(self, req: PredictRequest, epsg: int, grid: GridSpec, channels: int,
+                 task: str, size: int, with_rgb: bool):
+        self.grid = grid
+        self.task = task
+        tmp = req.out_dir / f".tmp-{req.name}_{epsg}"
+        self.paths = {"classes": req.out_dir / f"{req.name}_{epsg}_classes.tif",
+                      "probabilities": req.out_dir / f"{req.name}_{epsg}_probabilities.tif",
+                      "truecolor": req.out_dir / f"{req.name}_{epsg}_truecolor.tif"}
+        self.tmp = {k: Path(f"{tmp}_{k}.tif") for k in self.paths}
+        if task == "regression":
+            self.writers = {"classes": RowWriter(self.tmp["classes"], grid, 1, "float32",
+                                                 float("nan"), ["value"])}
+        else:
+            self.writers = {"classes": RowWriter(self.tmp["classes"], grid, 1, "uint8", 255,
+                                                 ["class"])}
+            if req.write_probabilities:
+                self.writers["probabilities"] = RowWriter(
+                    self.tmp["probabilities"], grid, channels, "uint8", 255)
+        if with_rgb:
+            self.writers["truecolor"] = RowWriter(self.tmp["truecolor"], grid, 3, "float32",
+                                                  float("nan"), ["red", "green", "blue"])
+        self.acc = StripAccumulator(channels, grid.width, grid.height, size, self._flush)
+        self.rgb_acc = (StripAccumulator(3, grid.width, grid.height, size, self._flush_rgb)
+                        if with_rgb else None)
+
+    def _flush(self, row0: int, values: np.ndarray, weights: np.ndarray) -> None:
+        has = weights > 0
+        mean = np.divide(values, weights, out=np.zeros_like(values), where=has)
+        if self.task == "regression":
+            self.writers["classes"].write_rows(row0, np.where(has, mean, np.nan)[:1])
+            return
+        cls = np.where(has, mean.argmax(axis=0), 255).astype(np.uint8)
+        self.writers["classes"].write_rows(row0, cls[None])
+        if "probabilities" in self.writers:
+            p = np.where(has, np.clip(np.round(mean * 100), 0, 100), 255).astype(np.uint8)
+            self.writers["probabilities"].write_rows(row0, p)
+
+    def _flush_rgb(self, row0: int, values: np.ndarray, weights: np.ndarray) -> None:
+        has = weights > 0
+        mean = np.divide(values, weights, out=np.full_like(values, np.nan), where=has)
+        self.writers["truecolor"].write_rows(row0, mean.astype(np.float32))
+
+    def add(self, g: GridSpec, out: WindowOutput, weight: np.ndarray) -> None:
+        row = int(round((self.grid.transform.f - g.transform.f) / -g.transform.e))
+        col = int(round((g.transform.c - self.grid.transform.c) / g.transform.a))
+        w = weight * out.valid if out.values.size else np.zeros_like(weight)
+        vals = out.values if out.values.size else np.zeros((self.acc.channels, *weight.shape),
+                                                           np.float32)
+        self.acc.add(row, col, vals, w)
+        if self.rgb_acc is not None:
+            rgb = np.nan_to_num(out.rgb) if out.rgb is not None else np.zeros((3, *w.shape))
+            self.rgb_acc.add(row, col, rgb.astype(np.float32), w)
+
+    def finish(self, colors: dict | None, tags: dict[str, str]) -> dict[str, Path]:
+        self.acc.close()
+        if self.rgb_acc is not None:
+            self.rgb_acc.close()
+        for w in self.writers.values():
+            w.close()
+        done = {}
+        for key in self.writers:
+            resampling = "nearest" if key != "truecolor" else "average"
+            cmap = colors if key == "classes" and self.task != "regression" else None
+            done[key] = publish_cog(self.tmp[key], self.paths[key], resampling, tags, cmap)
+        return done
+
+    def abort(self) -> None:
+        for k, w in self.writers.items():
+            try:
+                w.close()
+            finally:
+                self.tmp[k].unlink(missing_ok=True)
+
+
+def _colormap(card: Any) -> dict[int, tuple[int, int, int, int]]:
+    cmap = {}
+    for i, hexcol in enumerate(getattr(card, "class_colors", None) or []):
+        h = hexcol.lstrip("#")
+        cmap[i] = (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 255)
+    return cmap
+
+
+def _executor(req: PredictRequest):
+    if req.scheduler:
+        from distributed import Client
+
+        return Client(req.scheduler)
+    if req.workers > 1:
+        from distributed import Client, LocalCluster
+
+        return Client(LocalCluster(n_workers=req.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR))
+    return None
+
+
+def predict(request: PredictRequest,
+            progress: Callable[[str, float], None] | None = None,
+            cancel: threading.Event | None = None) -> PredictResult:
+    """Run a model file over the request's AOIs and write one product set per UTM zone."""
+    req = request
+    t_start = time.perf_counter()
+    report = progress or (lambda _stage, _frac: None)
+    if not Path(req.model).exists():
+        raise BadInputError(f"{req.model}: model file not found")
+    if not 0 <= req.overlap < 1:
+        raise BadInputError(f"--overlap {req.overlap}: expected a fraction in [0, 1)")
+    aois = validate_aois(req.aois, req.max_area_km2)
+    loaded = _load(str(Path(req.model).resolve()))
+    card = loaded.card
+    spec = card.input_spec
+    read = read_options(spec, req.max_cloud, req.tolerance)
+    catalog_loc = req.catalog or spec.get("catalog")
+    if not catalog_loc:
+        raise BadInputError("no catalogue: pass --catalog (the model file names none)")
+    cat = open_catalog(str(catalog_loc))
+    try:
+        collections = catalog_collections(cat, read)
+    except BadInputError as exc:
+        raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
+    bf16 = use_bf16(req.precision, card)
+    _check_output(req.out_dir)
+
+    size = int(spec["chip_size"])
+    res = float(spec.get("resolution") or read.profile.resolution)
+    zones = []
+    for epsg, piece in split_by_zone(aois):
+        grid, windows = window_grid(piece, epsg, size, res, req.overlap)
+        lonlat = grid.lonlat_bounds()
+        start, end = read.temporal.search_window(req.date)
+        s = Search(collections, lonlat, dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
+                   dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC))
+        items = [it.to_dict(transform_hrefs=False) for it in cat.search(s)]
+        zones.append((epsg, piece, grid, windows, items))
+    if not any(z[4] for z in zones):
+        bbox = box(*[f(v) for f, v in zip((min, min, max, max),
+                                          zip(*[a.bounds for a in aois], strict=True),
+                                          strict=True)]).bounds
+        near = _nearest_dates(cat, collections, bbox, req.date)
+        hint = f"; nearest acquisitions: {', '.join(near)}" if near else \
+            "; no acquisition within ±60 days"
+        raise NoImageryError(
+            f"no {read.profile.name.upper()} item within ±{read.temporal.temporal_tolerance} "
+            f"days of the {read.temporal.num_steps} step date(s) ending {req.date}{hint}")
+
+    channels = 1 if card.task == "regression" else len(card.class_names)
+    with_rgb = all(b in read.resolved_bands() for b in ("red", "green", "blue"))
+    weight = window_weight(size)
+    total = sum(len(z[3]) for z in zones)
+    result = PredictResult(windows=total)
+    timings = {"read": 0.0, "inference": 0.0, "write": 0.0}
+    reasons: list[str] = []
+    used_items: set[str] = set()
+    done = 0
+    client = _executor(req)
+    model_path = str(Path(req.model).resolve())
+    tags = {"model": card.name, "date": req.date.isoformat(),
+            "software": f"terrastill {__version__}"}
+    opened: list[_Zone] = []
+    try:
+        for epsg, _piece, grid, windows, items in zones:
+            zone = _Zone(req, epsg, grid, channels, card.task, size, with_rgb)
+            opened.append(zone)
+            batches = list(_batches(windows, req.batch_size))
+            for grids, outs in _run_batches(client, batches, model_path, req.date, items,
+                                            read, bf16):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("prediction cancelled")
+                t0 = time.perf_counter()
+                for g, o in zip(grids, outs, strict=True):
+                    if o.reason:
+                        reasons.append(o.reason)
+                    used_items.update(o.items)
+                    timings["read"] += o.read_s
+                    timings["inference"] += o.infer_s
+                    zone.add(g, o, weight)
+                timings["write"] += time.perf_counter() - t0
+                done += len(grids)
+                report("fetch imagery", done / total)
+                report("predict", done / total)
+            result.pixels += grid.width * grid.height
+        if reasons and len(reasons) == total:
+            raise NoImageryError(f"no window could be read: {reasons[0]}")
+        report("write COG", 0.0)
+        t0 = time.perf_counter()
+        for i, zone in enumerate(opened):
+            paths = zone.finish(_colormap(card), tags)
+            result.classes.append(paths["classes"])
+            if "probabilities" in paths:
+                result.probabilities.append(paths["probabilities"])
+            if "truecolor" in paths:
+                result.truecolor.append(paths["truecolor"])
+            report("write COG", (i + 1) / len(opened))
+        timings["write"] += time.perf_counter() - t0
+    except BaseException:
+        for zone in opened:
+            zone.abort()
+        raise
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and not req.scheduler:
+                cluster.close()
+    timings["total"] = time.perf_counter() - t_start
+    result.timings = {k: round(v, 4) for k, v in timings.items()}
+    sidecar = {
+        "format": "terrastill-prediction", "version": 1, "software": __version__,
+        "model": {"path": str(req.model), "name": card.name, "task": card.task,
+                  "class_names": list(card.class_names), "depth": getattr(card, "depth", None)},
+        "date": req.date.isoformat(), "catalog": str(catalog_loc),
+        "aois": [mapping(a) for a in aois],
+        "zones": [{"epsg": z[0], "grid": z[2].to_dict(), "windows": len(z[3])} for z in zones],
+        "parameters": {"overlap": req.overlap, "precision": "bf16" if bf16 else "fp32",
+                       "batch_size": req.batch_size, **read.to_dict()},
+        "items": sorted(used_items),
+        "acquisition_dates": sorted({a.date for z in zones for a in group_acquisitions(
+            [it for it in z[4] if it["id"] in used_items])}),
+        "skipped_windows": len(reasons), "skip_reasons": sorted(set(reasons))[:10],
+        "products": {"classes": [str(p) for p in result.classes],
+                     "probabilities": [str(p) for p in result.probabilities],
+                     "truecolor": [str(p) for p in result.truecolor]},
+        "timings": result.timings, "windows": total, "pixels": result.pixels,
+    }
+    result.sidecar = req.out_dir / f"{req.name}.json"
+    write_text_atomic(result.sidecar, json.dumps(sidecar, indent=2))
+    return result
+
+
+def _run_batches(client: Any, batches: list[list[GridSpec]], model_path: str, date: dt.date,
+                 items: list[dict], read: ReadOptions,
+                 bf16: bool) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+    """Yield (grids, outputs) batch by batch, in order; on Dask with a bounded queue."""
+    if client is None:
+        for grids in batches:
+            sub = items_over(items, _union_grid(grids))
+            yield grids, infer_windows(model_path, grids, date, sub, read, bf16)
+        return
+    ahead = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+    futures: list[Any] = []
+    scattered = client.scatter(items, broadcast=True)
+    for grids in batches:
+        futures.append((grids, client.submit(infer_windows, model_path, grids, date, scattered,
+                                             read, bf16, pure=False)))
+        if len(futures) >= ahead:
+            g, f = futures.pop(0)
+            yield g, f.result()
+    for g, f in futures:
+        yield g, f.result()
+
+
+def _union_grid(grids: Sequence[GridSpec]) -> GridSpec:
+    """A grid covering several windows (for filtering items once per batch)."""
+    b = [g.bounds for g in grids]
+    minx, miny = min(v[0] for v in b), min(v[1] for v in b)
+    maxx, maxy = max(v[2] for v in b), max(v[3] for v in b)
+    res = grids[0].resolution
+    from affine import Affine
+
+    return GridSpec(grids[0].epsg, Affine(res, 0, minx, 0, -res, maxy),
+                    int(round((maxx - minx) / res)), int(round((maxy - miny) / res)))
+
