@@ -1,0 +1,319 @@
+"""Build the whole demo world: truth, scenes, catalogue, observations and ``world.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+from affine import Affine
+
+from terrastill.atomic import remove_stale_temps, write_text_atomic
+from terrastill.errors import BadInputError, NotFoundError
+from terrastill.world import catalogue, clouds, observations, scenes, spectra
+from terrastill.world.config import WorldConfig
+from terrastill.world.grid import LocalFrame, ZoneGrid, layout, region_bbox
+from terrastill.world.noise import fbm
+from terrastill.world.schedule import Pass, make_schedule
+from terrastill.world.truth import FLOOD_CLASSES, LANDCOVER_CLASSES, Truth
+
+__all__ = ["World", "WorldConfig", "build_world", "load_manifest", "prepare"]
+
+log = logging.getLogger(__name__)
+MANIFEST_VERSION = 1
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ZoneData:
+    grid: ZoneGrid
+    x: np.ndarray
+    y: np.ndarray
+    landcover: np.ndarray
+    permanent_water: np.ndarray
+    flood_zone: np.ndarray
+    texture: np.ndarray
+
+
+@dataclass
+class World:
+    """The in-memory world of a config: grids, truth, schedule (no files)."""
+
+    config: WorldConfig
+    frame: LocalFrame
+    truth: Truth
+    zones: list[ZoneData]
+    passes: list[Pass]
+    thresholds: dict[int, float]
+    bbox: tuple[float, float, float, float]
+
+    def masks(self, p: Pass, zone: ZoneData) -> clouds.PassMasks:
+        return clouds.pass_masks(p, zone.grid, self.frame, zone.x, zone.y,
+                                 self.thresholds[p.index])
+
+    def water_on(self, zone: ZoneData, when) -> np.ndarray:
+        fl = self.truth
+        if fl.flood_date <= when and (fl.flood_end is None or when < fl.flood_end):
+            return zone.permanent_water | zone.flood_zone
+        return zone.permanent_water.copy()
+
+
+def prepare(config: WorldConfig) -> World:
+    """Everything about the world that is not a file: reproducible from the config alone."""
+    frame = LocalFrame(config.center_lon, config.center_lat)
+    truth = Truth(config.seed, config.flood, config.flood_end)
+    grids = layout(config)
+    zones = []
+    for g in grids:
+        x, y = frame.to_km(*g.lonlat)
+        pw = truth.permanent_water(x, y)
+        zones.append(ZoneData(
+            grid=g, x=x, y=y, landcover=truth.landcover(x, y), permanent_water=pw,
+            flood_zone=truth.flood_zone(x, y),
+            texture=(1.0 + 0.07 * fbm(x, y, 0.25, config.seed + 909, octaves=2)).astype(
+                np.float32),
+        ))
+    bbox = region_bbox(grids)
+    bx0, by0 = frame.to_km(np.array(bbox[0]), np.array(bbox[1]))
+    bx1, by1 = frame.to_km(np.array(bbox[2]), np.array(bbox[3]))
+    bbox_km = (float(bx0), float(by0), float(bx1), float(by1))
+    passes = make_schedule(config, bbox_km)
+    thresholds = {p.index: clouds.threshold(p, bbox_km) for p in passes}
+    return World(config, frame, truth, zones, passes, thresholds, bbox)
+
+
+
+def _write_pass(world: World, p: Pass, zone: ZoneData, out: Path) -> tuple[list[pystac.Item],
+                                                                            np.ndarray | None]:
+    """Write every tile of pass ``p`` in ``zone``; return the items and the clear mask."""
+    cfg = world.config
+    truth = world.truth
+    when = p.date
+    masks = world.masks(p, zone)
+    lc = zone.landcover
+    veg = truth.vegetation(lc, zone.x, zone.y, when)
+    water = world.water_on(zone, when)
+    rng = np.random.default_rng([cfg.seed, p.index, zone.grid.zone])
+    g = zone.grid
+    layers: dict[str, tuple[np.ndarray, float, str, float, str]] = {}
+    # key -> (array at its resolution, resolution, dtype, nodata, resampling)
+    specs_extra: dict[str, dict[str, Any]] = {}
+    if cfg.source == "hls":
+        keys = scenes.HLS_S30_KEYS if p.product == "S30" else scenes.HLS_L30_KEYS
+        bands = tuple(keys.values())
+        refl = spectra.observe(spectra.surface(lc, veg, water, zone.texture, bands), masks, rng,
+                               bands, haze=0.01 * (p.aerosol - 1))
+        dn = scenes.hls_dn(refl, masks.nodata)
+        for i, k in enumerate(keys):
+            layers[k] = (dn[i], g.resolution, "int16", scenes.HLS_NODATA, "average")
+            specs_extra[k] = {"band": keys[k], "scale": 0.0001, "offset": 0.0}
+        qa = scenes.hls_fmask(masks, water, p.aerosol)
+        layers["Fmask"] = (qa, g.resolution, "uint8", 255, "nearest")
+        specs_extra["Fmask"] = {"band": None, "roles": ("cloud-mask",), "title": "Fmask"}
+    elif cfg.source == "s2":
+        bands10 = tuple(scenes.S2_10M_KEYS.values())
+        bands20 = tuple(scenes.S2_20M_KEYS.values())
+        allb = bands10 + bands20
+        refl = spectra.observe(spectra.surface(lc, veg, water, zone.texture, allb), masks, rng,
+                               allb)
+        off = -0.1 if scenes.s2_offset(p.baseline) else 0.0
+        dn10 = scenes.s2_dn(refl[: len(bands10)], masks.nodata, p.baseline)
+        nod20 = scenes.any2(masks.nodata)
+        dn20 = scenes.s2_dn(scenes.downsample2(refl[len(bands10):]), nod20, p.baseline)
+        for i, k in enumerate(scenes.S2_10M_KEYS):
+            layers[k] = (dn10[i], g.resolution, "uint16", 0, "average")
+            specs_extra[k] = {"band": scenes.S2_10M_KEYS[k], "scale": 0.0001, "offset": off}
+        for i, k in enumerate(scenes.S2_20M_KEYS):
+            layers[k] = (dn20[i], g.resolution * 2, "uint16", 0, "average")
+            specs_extra[k] = {"band": scenes.S2_20M_KEYS[k], "scale": 0.0001, "offset": off}
+        scl = scenes.s2_scl(masks, lc, veg, water)[::2, ::2].copy()
+        scl[nod20] = 0
+        layers["SCL"] = (scl, g.resolution * 2, "uint8", 0, "nearest")
+        specs_extra["SCL"] = {"band": None, "roles": ("cloud-mask",),
+                              "title": "Scene classification"}
+    else:
+        sar = spectra.backscatter(lc, veg, water, zone.texture, rng)
+        sar[:, masks.nodata] = scenes.S1_NODATA
+        for i, k in enumerate(scenes.S1_KEYS):
+            layers[k] = (sar[i], g.resolution, "float32", scenes.S1_NODATA, "average")
+            specs_extra[k] = {"band": k}
+
+    items = []
+    any_written = False
+    for tile in g.tiles:
+        win = (slice(tile.row_off, tile.row_off + tile.size),
+               slice(tile.col_off, tile.col_off + tile.size))
+        if masks.nodata[win].all():
+            continue
+        any_written = True
+        iid = catalogue.item_id(p, tile)
+        hrefs: dict[str, str] = {}
+        specs = []
+        cover = None
+        for key, (arr, res, dtype, nodata, resampling) in layers.items():
+            f = round(res / g.resolution)
+            sub = arr[tile.row_off // f:(tile.row_off + tile.size) // f,
+                      tile.col_off // f:(tile.col_off + tile.size) // f]
+            tr = tile.transform @ Affine.scale(f)
+            rel = f"scenes/{tile.id}/{iid}/{key}.tif"
+            scenes.write_cog(out / rel, np.ascontiguousarray(sub), tr, tile.epsg, nodata,
+                             resampling)
+            hrefs[key] = rel
+            ex = specs_extra[key]
+            specs.append(catalogue.AssetSpec(
+                key=key, band=ex["band"], dtype=dtype, nodata=nodata, resolution=res,
+                shape=sub.shape, transform=tuple(list(tr)[:6]), scale=ex.get("scale"),
+                offset=ex.get("offset"), roles=ex.get("roles", ("data",)), title=ex.get("title"),
+            ))
+            if key == "Fmask":
+                cover = scenes.cloud_cover_fmask(sub)
+            elif key == "SCL":
+                cover = scenes.cloud_cover_scl(sub)
+        items.append(catalogue.make_item(p, tile, specs, hrefs, cover))
+    clear = masks.clear if any_written else None
+    return items, clear
+
+
+def build_world(out: Path, config: WorldConfig | None = None,
+                progress: Progress | None = None) -> dict:
+    """Write the world described by ``config`` under ``out``; return the manifest."""
+    config = config or WorldConfig()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    for sub in ("scenes", "truth", "observations", "collections"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "world.json").unlink(missing_ok=True)
+
+    world = prepare(config)
+    total = len(world.passes) * len(world.zones) + 2
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    # truth rasters
+    truth_paths: dict[str, dict[str, str]] = {"landcover": {}, "flood": {}}
+    for z in world.zones:
+        g = z.grid
+        lc_rel = f"truth/landcover_{g.epsg}.tif"
+        fl_rel = f"truth/flood_{g.epsg}.tif"
+        scenes.write_cog(out / lc_rel, z.landcover.astype(np.int16), g.transform, g.epsg, -1,
+                         "mode", tags={"classes": json.dumps(LANDCOVER_CLASSES)})
+        post = (z.permanent_water | z.flood_zone).astype(np.int16)
+        scenes.write_cog(out / fl_rel, post, g.transform, g.epsg, -1, "mode",
+                         tags={"classes": json.dumps(FLOOD_CLASSES),
+                               "date": config.flood.isoformat()})
+        truth_paths["landcover"][str(g.epsg)] = lc_rel
+        truth_paths["flood"][str(g.epsg)] = fl_rel
+    tick("truth")
+
+    items: list[pystac.Item] = []
+    clear: list[dict[int, np.ndarray]] = [{} for _ in world.zones]
+    for p in world.passes:
+        for zi, z in enumerate(world.zones):
+            its, cl = _write_pass(world, p, z, out)
+            items.extend(its)
+            if cl is not None:
+                clear[zi][p.index] = cl
+            tick(f"{p.date} {p.product} {z.grid.epsg}")
+
+    # observations
+    pass_dates = {p.index: p.date for p in world.passes}
+    states = [observations.ZoneState(z.grid, z.landcover, z.permanent_water, z.flood_zone,
+                                     clear[zi]) for zi, z in enumerate(world.zones)]
+    tasks: dict[str, Any] = {}
+    bad: dict[str, Any] = {}
+    for task, classes in (("landcover", LANDCOVER_CLASSES), ("flood", FLOOD_CLASSES)):
+        rows = observations.sample(task, config.observations, states, pass_dates, config.flood,
+                                   config.flood_end, config.seed)
+        rel = f"observations/{task}.csv"
+        write_text_atomic(out / rel, observations.to_csv(rows))
+        tasks[task] = {"classes": list(classes), "observations": rel,
+                       "truth": truth_paths[task], "kind": "segmentation"}
+        if config.bad_rows:
+            text, rowsinfo = observations.with_bad_rows(rows, config.seed)
+            brel = f"observations/{task}_with_bad_rows.csv"
+            write_text_atomic(out / brel, text)
+            bad[task] = {"file": brel, "rows": rowsinfo}
+    tasks["flood"]["date"] = config.flood.isoformat()
+    if config.flood_end is not None:
+        tasks["flood"]["end"] = config.flood_end.isoformat()
+
+    # catalogue + collections
+    items.sort(key=lambda it: (it.datetime.isoformat(), it.id))
+    fc = {"type": "FeatureCollection", "features": [catalogue.item_dict(it) for it in items]}
+    write_text_atomic(out / "catalog.json", json.dumps(fc, indent=1) + "\n")
+    collections: dict[str, str] = {}
+    for cid in sorted({it.collection_id for it in items}):
+        mine = [it for it in items if it.collection_id == cid]
+        rel = f"collections/{cid}.json"
+        write_text_atomic(out / rel, json.dumps(catalogue.make_collection(cid, mine, config.seed),
+                                                indent=1) + "\n")
+        collections[cid] = rel
+    tick("catalogue")
+
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "source": config.source,
+        "seed": config.seed,
+        "bbox": [round(v, 7) for v in world.bbox],
+        "epsg": [z.grid.epsg for z in world.zones],
+        "resolution": config.resolution,
+        "start": config.start.isoformat(),
+        "end": config.end.isoformat(),
+        "flood_date": config.flood.isoformat(),
+        "catalog": "catalog.json",
+        "collections": collections,
+        "tiles": [{"id": t.id, "epsg": t.epsg, "bounds": list(t.bounds),
+                   "lonlat_bounds": list(t.lonlat_bounds()), "shape": [t.size, t.size],
+                   "transform": list(t.transform)[:6]}
+                  for z in world.zones for t in z.grid.tiles],
+        "overlap": config.overlap_px,
+        "items": len(items),
+        "acquisitions": len(world.passes),
+        "tasks": tasks,
+        "config": json.loads(config.model_dump_json()),
+    }
+    if config.bad_rows:
+        manifest["bad_rows"] = bad
+    write_text_atomic(out / "world.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_manifest(path: str | Path) -> dict:
+    """Read ``world.json`` (or the folder holding it) with every path made absolute."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "world.json"
+    if not p.exists():
+        raise NotFoundError(f"{p}: world manifest not found (run `terrastill world` first)")
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{p}: not a readable world manifest ({exc})") from exc
+    root = p.parent.resolve()
+
+    def absolute(rel: str) -> str:
+        return str(root / rel)
+
+    m["catalog"] = absolute(m["catalog"])
+    m["collections"] = {k: absolute(v) for k, v in m.get("collections", {}).items()}
+    for t in m.get("tasks", {}).values():
+        t["observations"] = absolute(t["observations"])
+        t["truth"] = {k: absolute(v) for k, v in t["truth"].items()}
+    for b in m.get("bad_rows", {}).values():
+        b["file"] = absolute(b["file"])
+    m["root"] = str(root)
+    return m
