@@ -1,0 +1,99 @@
+"""``terrastill predict``: run a model file over areas of interest, chips or a scene."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import typer
+
+from terrastill.commands.common import ConfigOption, console, handle_errors, setup_logging
+
+
+@handle_errors
+def predict(
+    model: Path = typer.Argument(..., help="Model file (.pt) from train or distill."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for COGs + sidecar."),
+    bbox: list[float] | None = typer.Option(
+        None, "--bbox", help="minx miny maxx maxy in lon/lat (repeat for several AOIs).",
+        show_default=False),
+    aoi: list[Path] | None = typer.Option(None, "--aoi", help="GeoJSON/GeoParquet AOI file(s)."),
+    date: str | None = typer.Option(None, "--date", help="Date of the last time step."),
+    catalog: str | None = typer.Option(None, "--catalog", help="STAC API URL or local file."),
+    max_cloud: float | None = typer.Option(None, "--max-cloud", help="Override cloud limit."),
+    tolerance: int | None = typer.Option(None, "--tolerance", help="Override ± days."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction."),
+    precision: str = typer.Option("auto", "--precision", help="fp32, bf16 or auto."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    probabilities: bool = typer.Option(False, "--probabilities",
+                                       help="Also write per-class probabilities (percent)."),
+    workers: int = typer.Option(0, "--workers", help="Local Dask worker processes."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Existing Dask scheduler."),
+    max_area: float = typer.Option(5000.0, "--max-area", help="AOI area limit in km²."),
+    name: str = typer.Option("prediction", "--name", help="Product file name prefix."),
+    chips_dir: Path | None = typer.Option(None, "--chips",
+                                          help="Predict every chip of a chip dataset instead."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Predict over an AOI through the same data pipeline as training, writing COGs.
+
+    Example:
+
+        terrastill predict models/student.pt --bbox 11.9 45.0 12.0 45.05
+        --date 2024-07-20 --catalog world/catalog.json --out pred/
+    """
+    setup_logging(verbose)
+    from terrastill.errors import BadInputError
+    from terrastill.progress import progress_bar
+
+    if chips_dir is not None:
+        from terrastill.inference.chips import predict_chips
+
+        with progress_bar("chips", console) as bar:
+            task = bar.add_task("predict chips", total=None)
+            n = predict_chips(model, chips_dir, out, batch_size=batch_size, precision=precision,
+                              progress=lambda d, t: bar.update(task, completed=d, total=t))
+        console.print(f"[green]✓[/] {n} chip predictions in {out}")
+        return
+
+    from shapely.geometry.base import BaseGeometry
+
+    from terrastill.inference.aoi import bbox_aoi, file_aois
+    from terrastill.inference.predict import PredictRequest
+    from terrastill.inference.predict import predict as run_predict
+
+    if date is None:
+        raise BadInputError("--date is required (the date of the last time step)")
+    try:
+        day = dt.date.fromisoformat(date)
+    except ValueError:
+        raise BadInputError(f"--date {date!r}: expected an ISO date (YYYY-MM-DD)") from None
+    aois: list[BaseGeometry] = []
+    if bbox:
+        if len(bbox) % 4:
+            raise BadInputError(f"--bbox: expected groups of 4 numbers, got {len(bbox)}")
+        aois += [bbox_aoi(bbox[i:i + 4]) for i in range(0, len(bbox), 4)]
+    for p in aoi or []:
+        aois += file_aois(p)
+    req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
+                         max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
+                         precision=precision, batch_size=batch_size,
+                         write_probabilities=probabilities, workers=workers,
+                         scheduler=scheduler, max_area_km2=max_area, name=name)
+    with progress_bar("windows", console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, frac: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=100)
+            bar.update(tasks[stage], completed=round(frac * 100))
+
+        res = run_predict(req, progress)
+    t = res.timings
+    console.print(f"[green]✓[/] {res.windows} windows, {res.pixels} px in {t['total']:.1f}s "
+                  f"(read {t['read']:.1f}s, inference {t['inference']:.1f}s, "
+                  f"write {t['write']:.1f}s)")
+    for p in res.classes + res.probabilities + res.truecolor:
+        console.print(f"  {p}")
+    console.print(f"  {res.sidecar}")

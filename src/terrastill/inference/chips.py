@@ -1,0 +1,70 @@
+"""``terrastill predict --chips``: predict every chip of a chip dataset, one GeoTIFF each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+
+from terrastill.data.grid import GridSpec
+from terrastill.data.rasters import write_raster
+from terrastill.errors import BadInputError, SpecMismatchError
+
+
+def check_spec(spec: dict, dataset: dict, where: str) -> None:
+    """Refuse a dataset whose source, bands, T or chip size differ from a model's input spec."""
+    for key in ("source", "bands", "num_steps", "chip_size"):
+        if key in spec and key in dataset and spec[key] != dataset[key]:
+            raise SpecMismatchError(
+                f"{where}: {key} is {dataset[key]!r} but the model expects {spec[key]!r}")
+
+
+def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
+                  precision: str = "auto",
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Write ``out/<id>.tif`` class ids (uint8, nodata 255) for every chip; return the count."""
+    import torch
+
+    from terrastill.data.normalize import normalize_chip
+    from terrastill.inference.predict import _load, use_bf16
+
+    ds_path = Path(chips_dir) / "dataset.json"
+    if not ds_path.exists():
+        raise BadInputError(f"{chips_dir}: not a chip dataset (no dataset.json)")
+    dataset = json.loads(ds_path.read_text())
+    loaded = _load(str(Path(model).resolve()))
+    card = loaded.card
+    spec = card.input_spec
+    check_spec(spec, dataset, str(chips_dir))
+    bf16 = use_bf16(precision, card)
+    index = gpd.read_parquet(Path(chips_dir) / "index.parquet")
+    ids = list(index["id"])
+    T, C = int(spec["num_steps"]), len(spec["bands"])
+    done = 0
+    for start in range(0, len(ids), batch_size):
+        batch_ids = ids[start:start + batch_size]
+        xs, valids, grids = [], [], []
+        for cid in batch_ids:
+            with rasterio.open(Path(chips_dir) / "chips" / f"{cid}.tif") as src:
+                arr = src.read().reshape(T, C, src.height, src.width)
+                grids.append(GridSpec(src.crs.to_epsg(), src.transform, src.width, src.height))
+            x, valid = normalize_chip(arr, spec["mean"], spec["std"])
+            xs.append(x)
+            valids.append(np.asarray(valid, dtype=bool))
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = loaded.model(torch.stack(xs)).float()
+        for cid, yi, valid, grid in zip(batch_ids, y, valids, grids, strict=True):
+            if card.task == "regression":
+                vals = np.where(valid, yi[0].numpy(), np.nan).astype(np.float32)
+                write_raster(Path(out) / f"{cid}.tif", vals, grid, float("nan"), ["value"])
+            else:
+                cls = np.where(valid, yi.argmax(0).numpy(), 255).astype(np.uint8)
+                write_raster(Path(out) / f"{cid}.tif", cls, grid, 255, ["class"])
+        done += len(batch_ids)
+        if progress:
+            progress(done, len(ids))
+    return done
