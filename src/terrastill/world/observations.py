@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 from pyproj import Transformer
 
 from terrastill.world.truth import FLOOD_CLASSES, LANDCOVER_CLASSES
+
+HISTORY_DAYS = 30  # observations are dated at least this long after the first acquisition
 
 
 @dataclass
@@ -43,6 +45,11 @@ def sample(task: str, n: int, zones: list[ZoneState], pass_dates: dict[int, date
     def flooded_on(d: date) -> bool:
         return flood_date <= d and (flood_end is None or d < flood_end)
 
+    # leave some history before each observation so multi-temporal chips can look back
+    first = min(pass_dates.values()) + timedelta(days=HISTORY_DAYS) if pass_dates else None
+    history = {i for i, d in pass_dates.items() if first is None or d >= first}
+    if len(history) < max(2, len(pass_dates) // 3):
+        history = set(pass_dates)
     attempts = 0
     while len(pts) < n and attempts < 200 * n:
         attempts += 1
@@ -64,7 +71,7 @@ def sample(task: str, n: int, zones: list[ZoneState], pass_dates: dict[int, date
                 r = int(np.clip(r0 + rng.integers(-radius, radius + 1), 1, h - 2))
                 c = int(np.clip(c0 + rng.integers(-radius, radius + 1), 1, w - 2))
             r, c = int(np.clip(r, 1, h - 2)), int(np.clip(c, 1, w - 2))
-            ok = [i for i, cl in z.clear.items() if cl[r, c]]
+            ok = [i for i, cl in z.clear.items() if cl[r, c] and i in history]
             if task == "flood":
                 after = [i for i in ok if pass_dates[i] >= flood_date]
                 before = [i for i in ok if pass_dates[i] < flood_date]

@@ -50,8 +50,8 @@ class Truth:
     def flood_zone(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Land next to the river that the flood covers: a low floodplain, wider in bends."""
         d = np.abs(self.river_offset(x, y))
-        width = 0.45 + 0.35 * value_noise(x, np.zeros_like(x), 2.5, self.seed + 303)
-        lowland = fbm(x, y, 1.2, self.seed + 404, octaves=3) < 0.25
+        width = 0.9 + 0.5 * value_noise(x, np.zeros_like(x), 2.5, self.seed + 303)
+        lowland = fbm(x, y, 1.5, self.seed + 404, octaves=3) < 0.3
         reach = value_noise(x, np.zeros_like(x), 6.0, self.seed + 505) > -0.35
         return (d < width) & lowland & reach & ~self.permanent_water(x, y)
 
