@@ -1,0 +1,193 @@
+"""``create_app(settings)``: the FastAPI application behind ``terrastill serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from terrastill import __version__
+from terrastill.app.jobs import JobStore
+from terrastill.app.registry import CardReader, ModelRegistry
+from terrastill.app.routes import build_router
+from terrastill.app.runner import JobRunner, PredictFn
+from terrastill.app.settings import Settings
+from terrastill.errors import BadInputError, TerrastillError
+
+log = logging.getLogger(__name__)
+PACKAGED_STATIC = Path(__file__).parent / "static"
+
+# The web map needs blob: workers and data:/blob: images (MapLibre); nothing from elsewhere.
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; worker-src 'self' blob:; "
+    "child-src blob:; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class Services:
+    store: JobStore
+    runner: JobRunner
+    registry: ModelRegistry
+    web_map: bool
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, by header or by counting."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.limit} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class SecurityHeaders:
+    """nosniff, no referrer, no framing and a same-origin CSP on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", CSP.encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / ".serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise BadInputError(
+            f"{data_dir}: another terrastill server uses this data folder; give each its own"
+        ) from exc
+    return fd
+
+
+def create_app(
+    settings: Settings,
+    *,
+    predict_fn: PredictFn | None = None,
+    request_cls: Any = None,
+    read_card: CardReader | None = None,
+    dask_client: Any = None,
+) -> FastAPI:
+    """The service. The keyword arguments replace real parts in tests only."""
+    static_dir = settings.static_dir or PACKAGED_STATIC
+    web_map = (static_dir / "vendor" / "maplibre-gl.js").is_file()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lock = _lock_data_dir(settings.data_dir)
+        store = JobStore(settings.db_path)
+        runner = JobRunner(settings, store, predict_fn, request_cls, client=dask_client)
+        app.state.services = Services(
+            store=store,
+            runner=runner,
+            registry=ModelRegistry(settings.models_dir, read_card),
+            web_map=web_map,
+        )
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            store.close()
+            os.close(lock)
+
+    app = FastAPI(
+        title="terrastill",
+        version=__version__,
+        description="Prediction jobs over areas of interest, their tiles, and a web map.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(TerrastillError)
+    async def terrastill_error(_request: Request, exc: TerrastillError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    app.include_router(build_router(settings))
+    if static_dir.is_dir():
+        app.mount("/", StaticFiles(directory=static_dir, html=True), name="web")
+    if not web_map:
+        log.warning(
+            "the web map's MapLibre files are missing from %s/vendor; build them with "
+            "`npm ci --prefix web && npm run --prefix web build`",
+            static_dir,
+        )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,44 @@
+"""Everything the service can be told at start-up, in one validated object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Settings(BaseModel):
+    """Options of ``terrastill serve``; the routes, limits and runner are built from these."""
+
+    model_config = ConfigDict(frozen=True)
+
+    models_dir: Path = Field(description="Folder whose *.pt model files are offered.")
+    data_dir: Path = Field(description="Job store (SQLite) and job outputs live here.")
+    catalog: str | None = Field(None, description="Catalogue URL or path; None: model default.")
+    token: str | None = Field(None, description="Bearer token required on every /api route.")
+    cors_origins: tuple[str, ...] = Field((), description="Allowed CORS origins; none: closed.")
+    workers: int = Field(1, ge=1, le=64, description="Jobs run at once (in-process pool).")
+    scheduler: str | None = Field(None, description="Dask scheduler address for the jobs.")
+    max_aoi_km2: float = Field(2500.0, gt=0, description="Largest total AOI area of one job.")
+    max_aois: int = Field(16, ge=1, description="Most AOIs (boxes/polygons) in one job.")
+    max_vertices: int = Field(10_000, ge=4, description="Most polygon vertices in one job.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body.")
+    max_pending_jobs: int = Field(100, ge=1, description="Queued+running jobs before 429.")
+    max_attempts: int = Field(2, ge=1, description="Runs of a job interrupted by restarts.")
+    truecolor_max: float = Field(0.3, gt=0, description="Reflectance shown as full brightness.")
+    static_dir: Path | None = Field(None, description="Web map folder; None: the packaged one.")
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        return v
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite"

@@ -1,0 +1,575 @@
+// terrastill web map: draw boxes, pick a model and a date, run a job, watch it, view the result.
+// Plain JS on MapLibre GL JS (copied from npm into vendor/ by `npm run --prefix web build`).
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = "terrastill-token";
+  const POLL_MS = 800;
+
+  if (typeof maplibregl === "undefined") {
+    $("no-maplibre").hidden = false;
+    return;
+  }
+
+  const state = {
+    token: sessionStorage.getItem(TOKEN_KEY) || "",
+    models: [],
+    boxes: [], // [minx, miny, maxx, maxy] in lon/lat
+    drawMode: false,
+    drag: null, // {kind: "draw"|"resize", index, anchor: [lon, lat]}
+    jobs: [],
+    selected: null, // job id shown in the job panel
+    shownLayers: null, // job id whose tiles are on the map
+    pollTimer: null,
+  };
+
+  // ---------------------------------------------------------------- API helpers
+  function authHeaders() {
+    return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  }
+
+  function messageOf(body, status) {
+    if (!body) return `HTTP ${status}`;
+    const d = body.detail;
+    if (typeof d === "string") return d;
+    if (Array.isArray(d)) {
+      return d.map((e) => `${(e.loc || []).filter((p) => p !== "body").join(".")}: ${e.msg}`).join("\n");
+    }
+    return JSON.stringify(body);
+  }
+
+  async function api(path, options = {}) {
+    const opts = { ...options, headers: { ...(options.headers || {}), ...authHeaders() } };
+    if (opts.json !== undefined) {
+      opts.body = JSON.stringify(opts.json);
+      opts.headers["Content-Type"] = "application/json";
+      delete opts.json;
+    }
+    const res = await fetch(path, opts);
+    let body = null;
+    const type = res.headers.get("content-type") || "";
+    if (type.includes("json")) body = await res.json();
+    if (res.status === 401) {
+      $("token-box").hidden = false;
+      throw new Error(state.token ? "The token was refused: enter the right one." : "This server needs a token: enter it above.");
+    }
+    if (!res.ok) throw new Error(messageOf(body, res.status));
+    return body;
+  }
+
+  function showError(err) {
+    $("banner-text").textContent = err instanceof Error ? err.message : String(err);
+    $("banner").hidden = false;
+  }
+  function clearError() {
+    $("banner").hidden = true;
+  }
+  $("banner-close").addEventListener("click", clearError);
+
+  // ---------------------------------------------------------------- the map
+  const map = new maplibregl.Map({
+    container: "map",
+    style: {
+      version: 8,
+      sources: {},
+      layers: [{ id: "background", type: "background", paint: { "background-color": "#1b2530" } }],
+    },
+    center: [0, 20],
+    zoom: 1.5,
+    hash: true,
+    boxZoom: false,
+    attributionControl: { compact: true },
+    transformRequest: (url) => {
+      if (state.token && url.startsWith(`${location.origin}/api/`)) {
+        return { url, headers: authHeaders() };
+      }
+      return { url };
+    },
+  });
+  map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-left");
+  map.addControl(new maplibregl.ScaleControl(), "bottom-left");
+  window.terrastill = { map, state };
+
+  const emptyFC = () => ({ type: "FeatureCollection", features: [] });
+
+  function boxPolygon(b) {
+    const [x0, y0, x1, y1] = b;
+    return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]];
+  }
+
+  function graticule() {
+    const b = map.getBounds();
+    const span = Math.max(b.getEast() - b.getWest(), b.getNorth() - b.getSouth());
+    const steps = [30, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001];
+    const step = steps.find((s) => span / s >= 4) || steps[steps.length - 1];
+    const features = [];
+    const x0 = Math.max(-180, Math.floor(b.getWest() / step) * step);
+    const x1 = Math.min(180, b.getEast());
+    const y0 = Math.max(-85, Math.floor(b.getSouth() / step) * step);
+    const y1 = Math.min(85, b.getNorth());
+    for (let x = x0; x <= x1 && features.length < 400; x += step) {
+      features.push({ type: "Feature", properties: {}, geometry: { type: "LineString", coordinates: [[x, -85], [x, 85]] } });
+    }
+    for (let y = y0; y <= y1 && features.length < 800; y += step) {
+      features.push({ type: "Feature", properties: {}, geometry: { type: "LineString", coordinates: [[-180, y], [180, y]] } });
+    }
+    return { type: "FeatureCollection", features };
+  }
+
+  map.on("load", () => {
+    map.addSource("graticule", { type: "geojson", data: graticule() });
+    map.addLayer({ id: "graticule", type: "line", source: "graticule",
+      paint: { "line-color": "#2f3d4b", "line-width": 1 } });
+    map.addSource("job-aoi", { type: "geojson", data: emptyFC() });
+    map.addLayer({ id: "job-aoi", type: "line", source: "job-aoi",
+      paint: { "line-color": "#ffd166", "line-width": 1.5, "line-dasharray": [2, 2] } });
+    map.addSource("boxes", { type: "geojson", data: emptyFC() });
+    map.addLayer({ id: "boxes-fill", type: "fill", source: "boxes",
+      paint: { "fill-color": "#3fa7ff", "fill-opacity": 0.12 } });
+    map.addLayer({ id: "boxes-line", type: "line", source: "boxes",
+      paint: { "line-color": "#3fa7ff", "line-width": 2 } });
+    map.addSource("handles", { type: "geojson", data: emptyFC() });
+    map.addLayer({ id: "handles", type: "circle", source: "handles",
+      paint: { "circle-radius": 5, "circle-color": "#ffffff", "circle-stroke-color": "#3fa7ff", "circle-stroke-width": 2 } });
+    renderBoxes();
+    refreshJobs(true).catch(showError);
+  });
+  map.on("moveend", () => {
+    const src = map.getSource("graticule");
+    if (src) src.setData(graticule());
+  });
+  map.on("mousemove", (e) => {
+    $("cursor-pos").textContent = `lon ${e.lngLat.lng.toFixed(5)}  lat ${e.lngLat.lat.toFixed(5)}  z ${map.getZoom().toFixed(1)}`;
+  });
+
+  // ---------------------------------------------------------------- boxes: draw and edit
+  function normBox(a, b) {
+    return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+  }
+
+  function renderBoxes(preview) {
+    const all = preview ? [...state.boxes, preview] : state.boxes;
+    const boxes = { type: "FeatureCollection", features: all.map((b, i) => ({
+      type: "Feature", properties: { index: i }, geometry: { type: "Polygon", coordinates: boxPolygon(b) } })) };
+    const handles = { type: "FeatureCollection", features: [] };
+    state.boxes.forEach((b, i) => {
+      [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]].forEach((c, k) => {
+        handles.features.push({ type: "Feature", properties: { index: i, corner: k }, geometry: { type: "Point", coordinates: c } });
+      });
+    });
+    if (map.getSource("boxes")) {
+      map.getSource("boxes").setData(boxes);
+      map.getSource("handles").setData(handles);
+    }
+    if (!preview) renderBoxList();
+  }
+
+  function renderBoxList() {
+    const ul = $("box-list");
+    ul.replaceChildren();
+    state.boxes.forEach((b, i) => {
+      const li = document.createElement("li");
+      const span = document.createElement("span");
+      span.textContent = `${i + 1}: ${b.map((v) => v.toFixed(4)).join(", ")}`;
+      const del = document.createElement("button");
+      del.className = "link";
+      del.title = "Remove this box";
+      del.textContent = "×";
+      del.addEventListener("click", () => { state.boxes.splice(i, 1); renderBoxes(); });
+      li.append(span, del);
+      ul.append(li);
+    });
+    $("submit-btn").disabled = state.boxes.length === 0;
+  }
+
+  function setDrawMode(on) {
+    state.drawMode = on;
+    $("draw-btn").setAttribute("aria-pressed", String(on));
+    map.getCanvas().style.cursor = on ? "crosshair" : "";
+  }
+  $("draw-btn").addEventListener("click", () => setDrawMode(!state.drawMode));
+  $("clear-btn").addEventListener("click", () => { state.boxes = []; renderBoxes(); });
+
+  function handleAt(point) {
+    if (!map.getLayer("handles")) return null;
+    const pad = 6;
+    const hits = map.queryRenderedFeatures([[point.x - pad, point.y - pad], [point.x + pad, point.y + pad]], { layers: ["handles"] });
+    return hits.length ? hits[0].properties : null;
+  }
+
+  map.on("mousedown", (e) => {
+    const h = handleAt(e.point);
+    if (h) {
+      const b = state.boxes[h.index];
+      const corners = [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]];
+      state.drag = { kind: "resize", index: h.index, anchor: corners[(h.corner + 2) % 4] };
+    } else if (state.drawMode || e.originalEvent.shiftKey) {
+      state.drag = { kind: "draw", anchor: [e.lngLat.lng, e.lngLat.lat], start: e.point };
+    } else {
+      return;
+    }
+    e.preventDefault();
+    map.dragPan.disable();
+  });
+
+  map.on("mousemove", (e) => {
+    if (!state.drag) {
+      if (!state.drawMode) map.getCanvas().style.cursor = handleAt(e.point) ? "nwse-resize" : "";
+      return;
+    }
+    const b = normBox(state.drag.anchor, [e.lngLat.lng, e.lngLat.lat]);
+    if (state.drag.kind === "resize") {
+      state.boxes[state.drag.index] = b;
+      renderBoxes(null);
+    } else {
+      renderBoxes(b);
+    }
+  });
+
+  function endDrag(e) {
+    if (!state.drag) return;
+    const drag = state.drag;
+    state.drag = null;
+    map.dragPan.enable();
+    if (drag.kind === "draw" && e && e.lngLat) {
+      const moved = Math.hypot(e.point.x - drag.start.x, e.point.y - drag.start.y);
+      if (moved > 4) {
+        state.boxes.push(normBox(drag.anchor, [e.lngLat.lng, e.lngLat.lat]));
+        setDrawMode(false);
+      }
+    }
+    renderBoxes();
+  }
+  map.on("mouseup", endDrag);
+  map.getCanvasContainer().addEventListener("mouseleave", () => endDrag(null));
+
+  $("bbox-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const parts = $("bbox-input").value.split(/[\s,;]+/).filter(Boolean).map(Number);
+    if (parts.length !== 4 || parts.some((v) => !Number.isFinite(v))) {
+      showError("Type four numbers: minlon, minlat, maxlon, maxlat");
+      return;
+    }
+    const b = normBox([parts[0], parts[1]], [parts[2], parts[3]]);
+    state.boxes.push(b);
+    renderBoxes();
+    map.fitBounds([[b[0], b[1]], [b[2], b[3]]], { padding: 60, duration: 0 });
+    $("bbox-input").value = "";
+    clearError();
+  });
+
+  // ---------------------------------------------------------------- models, date, submit
+  function fmtCount(n) {
+    if (n === null || n === undefined) return "?";
+    if (n >= 1e9) return `${(n / 1e9).toFixed(1)} G`;
+    if (n >= 1e6) return `${(n / 1e6).toFixed(1)} M`;
+    if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
+    return String(n);
+  }
+
+  function fmtMetrics(m) {
+    const items = Object.entries(m || {}).filter(([, v]) => typeof v === "number");
+    return items.slice(0, 6).map(([k, v]) => `${k} ${Math.abs(v) <= 1 ? v.toFixed(3) : v.toFixed(1)}`).join(" · ") || "none recorded";
+  }
+
+  function showModelInfo() {
+    const m = state.models.find((x) => x.name === $("model-select").value);
+    const box = $("model-info");
+    box.replaceChildren();
+    if (!m) { box.textContent = "No model selected."; return; }
+    const lines = [
+      ["task", `${m.task} (${m.role}${m.teacher && m.teacher.name ? ` of ${m.teacher.name}` : ""})`],
+      ["size", `${fmtCount(m.params)} parameters · ${m.size_mb} MB${m.depth ? ` · depth ${m.depth}` : ""}${m.macs ? ` · ${fmtCount(m.macs)} MACs/chip` : ""}`],
+      ["input", [m.input_spec.source, (m.input_spec.bands || []).join("/"), m.input_spec.num_steps ? `T=${m.input_spec.num_steps}` : ""].filter(Boolean).join(" · ")],
+      ["metrics", fmtMetrics(m.metrics)],
+      ["classes", m.classes.map((c) => c.name).join(", ")],
+    ];
+    for (const [k, v] of lines) {
+      const div = document.createElement("div");
+      const b = document.createElement("b");
+      b.textContent = `${k}: `;
+      div.append(b, document.createTextNode(v));
+      box.append(div);
+    }
+  }
+
+  async function loadModels() {
+    state.models = await api("api/models");
+    const sel = $("model-select");
+    sel.replaceChildren();
+    for (const m of state.models) {
+      const opt = document.createElement("option");
+      opt.value = m.name;
+      opt.textContent = `${m.name} — ${m.task}, ${fmtCount(m.params)} params`;
+      sel.append(opt);
+    }
+    if (!state.models.length) {
+      const opt = document.createElement("option");
+      opt.textContent = "no models on this server";
+      opt.value = "";
+      sel.append(opt);
+    }
+    showModelInfo();
+  }
+  $("model-select").addEventListener("change", showModelInfo);
+
+  $("submit-btn").addEventListener("click", async () => {
+    clearError();
+    const body = {
+      aois: state.boxes.map((b) => b.map((v) => Number(v.toFixed(6)))),
+      date: $("date-input").value,
+      model: $("model-select").value,
+    };
+    if (!body.date) { showError("Pick a date."); return; }
+    if ($("cloud-input").value !== "") body.max_cloud = Number($("cloud-input").value);
+    if ($("tol-input").value !== "") body.tolerance = Number($("tol-input").value);
+    $("submit-btn").disabled = true;
+    try {
+      const created = await api("api/jobs", { method: "POST", json: body });
+      state.selected = created.id;
+      state.boxes = []; // submitted: the job's AOI outline takes over
+      renderBoxes();
+      await refreshJobs();
+      pollSelected();
+    } catch (err) {
+      showError(err);
+    } finally {
+      $("submit-btn").disabled = state.boxes.length === 0;
+    }
+  });
+
+  // ---------------------------------------------------------------- jobs
+  const short = (id) => id.slice(0, 8);
+
+  function renderJobList() {
+    const ul = $("job-list");
+    ul.replaceChildren();
+    if (!state.jobs.length) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = "No jobs yet.";
+      ul.append(li);
+    }
+    for (const job of state.jobs) {
+      const li = document.createElement("li");
+      li.dataset.id = job.id;
+      if (job.id === state.selected) li.classList.add("selected");
+      const label = document.createElement("span");
+      label.textContent = `${short(job.id)} · ${job.model} · ${job.date}`;
+      const st = document.createElement("span");
+      st.className = `status ${job.status}`;
+      st.textContent = job.status === "running" ? `${Math.round(job.progress)}%` : job.status;
+      const del = document.createElement("button");
+      del.className = "link";
+      del.title = job.status === "queued" || job.status === "running" ? "Cancel" : "Delete";
+      del.textContent = "×";
+      del.addEventListener("click", (ev) => { ev.stopPropagation(); deleteJob(job.id); });
+      li.append(label, st, del);
+      li.addEventListener("click", () => { state.selected = job.id; renderJobList(); pollSelected(); });
+      ul.append(li);
+    }
+  }
+
+  async function refreshJobs(first) {
+    state.jobs = await api("api/jobs?limit=50");
+    if (first && !state.selected && state.jobs.length) {
+      state.selected = state.jobs[0].id;
+      pollSelected(!location.hash || location.hash === "#");
+      return;
+    }
+    renderJobList();
+  }
+
+  async function deleteJob(id) {
+    clearError();
+    try {
+      await api(`api/jobs/${id}`, { method: "DELETE" });
+      if (state.shownLayers === id) removeJobLayers();
+      await refreshJobs();
+      if (state.selected === id) {
+        const j = state.jobs.find((x) => x.id === id);
+        if (j) renderJob(j); else { state.selected = null; $("job-panel").hidden = true; }
+      }
+    } catch (err) {
+      showError(err);
+    }
+  }
+  $("cancel-btn").addEventListener("click", () => state.selected && deleteJob(state.selected));
+
+  function renderJob(job) {
+    $("job-panel").hidden = false;
+    $("job-id").textContent = short(job.id);
+    $("job-summary").replaceChildren();
+    const st = document.createElement("span");
+    st.className = `status ${job.status}`;
+    st.textContent = job.status;
+    $("job-summary").append(st, document.createTextNode(` · ${job.model} · ${job.date} · ${Math.round(job.progress)}%`));
+    const stages = $("job-stages");
+    stages.replaceChildren();
+    for (const s of job.stages) {
+      const div = document.createElement("div");
+      div.className = `stage ${s.state}`;
+      const name = document.createElement("div");
+      name.className = "name";
+      const a = document.createElement("span");
+      a.textContent = s.name;
+      const b = document.createElement("span");
+      b.textContent = `${Math.round(s.progress)}%`;
+      name.append(a, b);
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      const fill = document.createElement("div");
+      fill.style.width = `${s.progress}%`;
+      bar.append(fill);
+      div.append(name, bar);
+      stages.append(div);
+    }
+    $("job-error").hidden = !job.error || job.status === "cancelled";
+    $("job-error").textContent = job.error || "";
+    $("job-note").hidden = !job.note;
+    $("job-note").textContent = job.note || "";
+    const t = Object.entries(job.timings || {}).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(" · ");
+    $("job-timings").textContent = t ? `timings: ${t}` : "";
+    $("cancel-btn").hidden = !(job.status === "queued" || job.status === "running");
+    $("job-result").hidden = job.status !== "done";
+    $("download-btn").disabled = !(job.links.download && job.links.download.classes);
+    renderLegend(job);
+  }
+
+  function renderLegend(job) {
+    const lg = $("legend");
+    lg.replaceChildren();
+    for (const c of job.classes || []) {
+      const item = document.createElement("div");
+      item.className = "item";
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = c.color;
+      const name = document.createElement("span");
+      name.textContent = c.name;
+      item.append(sw, name);
+      lg.append(item);
+    }
+  }
+
+  function removeJobLayers() {
+    for (const id of ["job-classes", "job-truecolor"]) {
+      if (map.getLayer(id)) map.removeLayer(id);
+      if (map.getSource(id)) map.removeSource(id);
+    }
+    state.shownLayers = null;
+  }
+
+  function showJobLayers(job, zoom) {
+    const aoi = { type: "FeatureCollection", features: job.aois.map((g) => ({ type: "Feature", properties: {}, geometry: g })) };
+    if (map.getSource("job-aoi")) map.getSource("job-aoi").setData(aoi);
+    if (job.status !== "done") {
+      if (state.shownLayers && state.shownLayers !== job.id) removeJobLayers();
+      return;
+    }
+    if (state.shownLayers !== job.id) {
+      removeJobLayers();
+      const abs = (u) => new URL(u, location.href).href;
+      const before = map.getLayer("job-aoi") ? "job-aoi" : undefined;
+      if (job.links.tilejson.truecolor) {
+        map.addSource("job-truecolor", { type: "raster", url: abs(job.links.tilejson.truecolor), tileSize: 256 });
+        map.addLayer({ id: "job-truecolor", type: "raster", source: "job-truecolor",
+          layout: { visibility: $("show-truecolor").checked ? "visible" : "none" } }, before);
+      }
+      map.addSource("job-classes", { type: "raster", url: abs(job.links.tilejson.classes), tileSize: 256 });
+      map.addLayer({ id: "job-classes", type: "raster", source: "job-classes",
+        layout: { visibility: $("show-classes").checked ? "visible" : "none" },
+        paint: { "raster-opacity": Number($("opacity").value) / 100, "raster-resampling": "nearest" } }, before);
+      state.shownLayers = job.id;
+    }
+    if (zoom) zoomTo(job);
+  }
+
+  function zoomTo(job) {
+    const [x0, y0, x1, y1] = job.bounds;
+    map.fitBounds([[x0, y0], [x1, y1]], { padding: 40, duration: 0 });
+  }
+
+  $("opacity").addEventListener("input", () => {
+    const v = Number($("opacity").value);
+    $("opacity-value").textContent = `${v}%`;
+    if (map.getLayer("job-classes")) map.setPaintProperty("job-classes", "raster-opacity", v / 100);
+  });
+  $("show-classes").addEventListener("change", () => {
+    if (map.getLayer("job-classes")) map.setLayoutProperty("job-classes", "visibility", $("show-classes").checked ? "visible" : "none");
+  });
+  $("show-truecolor").addEventListener("change", () => {
+    if (map.getLayer("job-truecolor")) map.setLayoutProperty("job-truecolor", "visibility", $("show-truecolor").checked ? "visible" : "none");
+  });
+  $("zoom-btn").addEventListener("click", () => {
+    const job = state.jobs.find((j) => j.id === state.selected);
+    if (job) zoomTo(job);
+  });
+  $("download-btn").addEventListener("click", async () => {
+    const job = state.jobs.find((j) => j.id === state.selected);
+    if (!job || !job.links.download.classes) return;
+    clearError();
+    try {
+      const res = await fetch(job.links.download.classes[0], { headers: authHeaders() });
+      if (!res.ok) throw new Error(messageOf(await res.json().catch(() => null), res.status));
+      const blob = await res.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = `terrastill-${job.id}-classes.tif`;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (err) {
+      showError(err);
+    }
+  });
+
+  async function pollSelected(zoomWhenDone = true) {
+    clearTimeout(state.pollTimer);
+    const id = state.selected;
+    if (!id) return;
+    let job;
+    try {
+      job = await api(`api/jobs/${id}`);
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    if (state.selected !== id) return;
+    const i = state.jobs.findIndex((j) => j.id === id);
+    const wasActive = i < 0 || state.jobs[i].status === "queued" || state.jobs[i].status === "running";
+    if (i >= 0) state.jobs[i] = job; else state.jobs.unshift(job);
+    renderJob(job);
+    renderJobList();
+    const active = job.status === "queued" || job.status === "running";
+    showJobLayers(job, !active && (zoomWhenDone || wasActive) && state.shownLayers !== job.id);
+    if (active) state.pollTimer = setTimeout(() => pollSelected(zoomWhenDone), POLL_MS);
+  }
+
+  // ---------------------------------------------------------------- start
+  $("token-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    state.token = $("token-input").value.trim();
+    sessionStorage.setItem(TOKEN_KEY, state.token);
+    clearError();
+    try {
+      await start();
+      $("token-box").hidden = true;
+    } catch (err) {
+      showError(err);
+    }
+  });
+
+  async function start() {
+    const health = await api("api/health");
+    $("health").textContent = `v${health.version} · ${health.runner}`;
+    await loadModels();
+    if (map.loaded()) await refreshJobs(true);
+  }
+
+  $("date-input").value = new Date().toISOString().slice(0, 10);
+  renderBoxList();
+  start().catch(showError);
+})();

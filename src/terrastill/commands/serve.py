@@ -1,0 +1,84 @@
+"""``terrastill serve``: the jobs API, tiles and the web map in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from terrastill.commands.common import ConfigOption, console, handle_errors, setup_logging
+from terrastill.errors import BadInputError
+
+
+@handle_errors
+def serve(
+    models: Path = typer.Option(
+        ..., "--models", help="Folder of model files (*.pt) to offer.", file_okay=False
+    ),
+    data: Path = typer.Option(
+        Path("terrastill-serve"), "--data", help="Job store and job outputs.", file_okay=False
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="TERRASTILL_TOKEN",
+        help="Bearer token every /api route requires (env TERRASTILL_TOKEN). Default: none.",
+        show_default=False,
+    ),
+    catalog: str | None = typer.Option(
+        None, "--catalog", help="Catalogue URL or path for predictions [the model's default]."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Jobs run at once."),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        help="Run jobs on this Dask scheduler (e.g. tcp://10.0.0.5:8786); the workers must "
+        "see --data at the same path.",
+    ),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Allow this browser origin (repeatable). Default: none."
+    ),
+    max_aoi_km2: float = typer.Option(
+        2500.0, "--max-aoi-km2", min=0.001, help="Largest total AOI area of one job."
+    ),
+    max_body_bytes: int = typer.Option(
+        1_000_000, "--max-body-bytes", min=1024, help="Largest request body."
+    ),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log requests and jobs."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Serve the jobs API, tiles and the web map.
+
+    Example: terrastill serve --models demo-out/models --data demo-out/serve --port 8000
+    then open http://127.0.0.1:8000/ in a browser.
+    """
+    import uvicorn
+
+    from terrastill.app.main import create_app
+    from terrastill.app.settings import Settings
+
+    setup_logging(verbose)
+    if not models.is_dir():
+        raise BadInputError(f"--models {models}: no such folder")
+    settings = Settings(
+        models_dir=models,
+        data_dir=data,
+        catalog=catalog,
+        token=token,
+        cors_origins=tuple(cors_origin),
+        workers=workers,
+        scheduler=scheduler,
+        max_aoi_km2=max_aoi_km2,
+        max_body_bytes=max_body_bytes,
+    )
+    app = create_app(settings)
+    n = len(list(models.glob("*.pt")))
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    console.print(
+        f"serving {n} model file(s) from {models} at [bold]http://{shown}:{port}/[/]"
+        + (" (token required)" if settings.token else ""),
+        highlight=False,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
