@@ -26,6 +26,7 @@ from terrastill.errors import NoImageryError, TerrastillError
 STAGES = ("fetch imagery", "predict", "write COG")
 CLASS_COLORS = ["#e8e3c8", "#1f78b4"]
 CLASS_NAMES = ["dry", "flooded"]
+AOI_DEFAULT = [10.00, 45.00, 10.06, 45.04]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class FakeRequest:
     precision: str = "auto"
     batch_size: int = 8
     write_probabilities: bool = False
+    max_area_km2: float = 5000.0
 
 
 @dataclass

@@ -202,6 +202,7 @@ class JobRunner:
             catalog=self.settings.catalog,
             max_cloud=r.get("max_cloud"),
             tolerance=r.get("tolerance"),
+            max_area_km2=self.settings.max_aoi_km2,
         )
 
     def _run(self, job: Job, cancel: threading.Event) -> None:
