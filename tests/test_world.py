@@ -17,6 +17,7 @@ from terrastill.catalog import LocalCatalog, Search
 from terrastill.cli import app
 from terrastill.sources import get_profile
 from terrastill.sources.qa import decode_fmask
+from terrastill.world import spectra
 from terrastill.world.build import WorldConfig, build_world, load_manifest, prepare
 
 TINY = dict(tiles_x=2, tiles_y=1, tile_size=64, start=date(2024, 6, 1), end=date(2024, 7, 6),
@@ -140,6 +141,10 @@ def test_determinism(tiny, tmp_path):
     fc = json.loads((out / "catalog.json").read_text())
     href = fc["features"][-1]["assets"]["B04"]["href"]
     assert (out / href).read_bytes() == (again / href).read_bytes()
+    serial = tmp_path / "serial"
+    build_world(serial, cfg.model_copy(update={"workers": 1}))
+    assert (serial / "catalog.json").read_bytes() == (out / "catalog.json").read_bytes()
+    assert (serial / href).read_bytes() == (out / href).read_bytes()
     other = tmp_path / "other"
     build_world(other, cfg.model_copy(update={"seed": 1}))
     assert (other / "catalog.json").read_bytes() != (out / "catalog.json").read_bytes()
@@ -175,6 +180,17 @@ def test_cloud_cover_and_fmask_match_drawn_clouds(tiny):
         clear = valid & ~dec["cloud"] & ~dec["shadow"] & ~dec["adjacent"]
         if dec["cloud"].sum() > 20 and clear.sum() > 20:
             assert b02[dec["cloud"]].mean() > 2 * b02[clear].mean()
+        nir, _, _ = _read(out / f["assets"]["B8A" if "B8A" in f["assets"] else "B05"]["href"])
+        sub = (zone.landcover[win], zone.x[win], zone.y[win])
+        veg = world.truth.vegetation(*sub, p.date)
+        ref = spectra.surface(sub[0], veg, world.water_on(zone, p.date)[win],
+                              zone.texture[win], ("nir_narrow",))[0] * 10000
+        ratio = nir / ref
+        pure = clear & ~dec["cirrus"]
+        if pure.sum() > 20:  # clear pixels: the surface + noise (+ a little haze)
+            assert 0.9 < np.median(ratio[pure]) < 1.25
+        if dec["shadow"].sum() > 20:
+            assert np.median(ratio[dec["shadow"]]) < 0.5  # shadows are dark
         assert (b02 == -9999).sum() == (~valid).sum()
     assert seen_cloud > 0
 

@@ -55,6 +55,8 @@ def world(
                                      help="Field observations per task."),
     bad_rows: bool = typer.Option(False, "--bad-rows",
                                   help="Also write observations/<task>_with_bad_rows.csv."),
+    workers: int = typer.Option(0, "--workers", min=0, max=64,
+                                help="Processes writing scenes (0: auto, 1: none)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log progress details."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -75,7 +77,7 @@ def world(
             overlap=overlap, zones=zones, center_lon=center_lon, center_lat=center_lat,
             start=_date(start, "start"), end=_date(end, "end"), revisit=revisit,
             flood_date=_date(flood_date, "flood-date"), flood_end=_date(flood_end, "flood-end"),
-            observations=observations, bad_rows=bad_rows,
+            observations=observations, bad_rows=bad_rows, workers=workers,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,8 +76,8 @@ def prepare(config: WorldConfig) -> World:
         x, y = frame.to_km(*g.lonlat)
         pw = truth.permanent_water(x, y)
         zones.append(ZoneData(
-            grid=g, x=x, y=y, landcover=truth.landcover(x, y), permanent_water=pw,
-            flood_zone=truth.flood_zone(x, y),
+            grid=g, x=x, y=y, landcover=truth.landcover(x, y, water=pw), permanent_water=pw,
+            flood_zone=truth.flood_zone(x, y, water=pw),
             texture=(1.0 + 0.07 * fbm(x, y, 0.25, config.seed + 909, octaves=2)).astype(
                 np.float32),
         ))
@@ -87,6 +89,29 @@ def prepare(config: WorldConfig) -> World:
     thresholds = {p.index: clouds.threshold(p, bbox_km) for p in passes}
     return World(config, frame, truth, zones, passes, thresholds, bbox)
 
+
+# The world a forked worker process writes from (inherited from the parent, never pickled).
+_JOB: tuple[World, Path] | None = None
+
+
+def _init_job(world: World, out: Path) -> None:
+    global _JOB
+    _JOB = (world, out)
+
+
+def _run_job(job: tuple[int, int]) -> tuple[int, int, list[dict], np.ndarray | None]:
+    assert _JOB is not None
+    world, out = _JOB
+    pi, zi = job
+    items, clear = _write_pass(world, world.passes[pi], world.zones[zi], out)
+    return pi, zi, [catalogue.item_dict(it) for it in items], clear
+
+
+def _pool_workers(requested: int, jobs: int) -> int:
+    if requested == 1 or jobs < 4 or "fork" not in mp.get_all_start_methods():
+        return 1
+    n = requested or min(4, os.cpu_count() or 1)
+    return max(1, min(n, jobs))
 
 
 def _write_pass(world: World, p: Pass, zone: ZoneData, out: Path) -> tuple[list[pystac.Item],
@@ -219,15 +244,31 @@ def build_world(out: Path, config: WorldConfig | None = None,
         truth_paths["flood"][str(g.epsg)] = fl_rel
     tick("truth")
 
-    items: list[pystac.Item] = []
+    jobs = [(pi, zi) for pi in range(len(world.passes)) for zi in range(len(world.zones))]
+    feats: list[dict] = []
     clear: list[dict[int, np.ndarray]] = [{} for _ in world.zones]
-    for p in world.passes:
-        for zi, z in enumerate(world.zones):
-            its, cl = _write_pass(world, p, z, out)
-            items.extend(its)
-            if cl is not None:
-                clear[zi][p.index] = cl
-            tick(f"{p.date} {p.product} {z.grid.epsg}")
+    workers = _pool_workers(config.workers, len(jobs))
+    _init_job(world, out)
+    try:
+        if workers > 1:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_init_job, initargs=(world, out)) as pool:
+                results = pool.imap(_run_job, jobs, chunksize=1)
+                for pi, zi, its, cl in results:
+                    feats.extend(its)
+                    if cl is not None:
+                        clear[zi][pi] = cl
+                    tick(f"{world.passes[pi].date} {world.zones[zi].grid.epsg}")
+        else:
+            for job in jobs:
+                pi, zi, its, cl = _run_job(job)
+                feats.extend(its)
+                if cl is not None:
+                    clear[zi][pi] = cl
+                tick(f"{world.passes[pi].date} {world.zones[zi].grid.epsg}")
+    finally:
+        _init_job(None, out)  # type: ignore[arg-type]
+    items = [pystac.Item.from_dict(d) for d in feats]
 
     # observations
     pass_dates = {p.index: p.date for p in world.passes}
@@ -252,8 +293,9 @@ def build_world(out: Path, config: WorldConfig | None = None,
         tasks["flood"]["end"] = config.flood_end.isoformat()
 
     # catalogue + collections
-    items.sort(key=lambda it: (it.datetime.isoformat(), it.id))
-    fc = {"type": "FeatureCollection", "features": [catalogue.item_dict(it) for it in items]}
+    order = sorted(range(len(items)), key=lambda i: (items[i].datetime.isoformat(), items[i].id))
+    items = [items[i] for i in order]
+    fc = {"type": "FeatureCollection", "features": [feats[i] for i in order]}
     write_text_atomic(out / "catalog.json", json.dumps(fc, indent=1) + "\n")
     collections: dict[str, str] = {}
     for cid in sorted({it.collection_id for it in items}):
@@ -284,7 +326,7 @@ def build_world(out: Path, config: WorldConfig | None = None,
         "items": len(items),
         "acquisitions": len(world.passes),
         "tasks": tasks,
-        "config": json.loads(config.model_dump_json()),
+        "config": json.loads(config.model_dump_json(exclude={"workers"})),
     }
     if config.bad_rows:
         manifest["bad_rows"] = bad

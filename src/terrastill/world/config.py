@@ -36,6 +36,7 @@ class WorldConfig(BaseModel):
     flood_end: date | None = None  # recession date; None = the water stays until `end`
     observations: int = Field(200, ge=0, le=100_000)
     bad_rows: bool = False
+    workers: int = Field(0, ge=0, le=64)  # processes for the scenes (0: auto); same bytes
 
     @model_validator(mode="after")
     def _check(self) -> WorldConfig:

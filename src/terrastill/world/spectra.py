@@ -51,8 +51,10 @@ def observe(refl: np.ndarray, masks: PassMasks, rng: np.random.Generator,
             bands: tuple[str, ...] = BANDS, haze: float = 0.0) -> np.ndarray:
     """Top-of-canopy reflectance seen by the sensor: noise, clouds, shadows, haze, cirrus."""
     idx = [BANDS.index(b) for b in bands]
-    out = refl * (1 + rng.normal(0, 0.02, size=refl.shape).astype(np.float32))
-    out += rng.normal(0, 0.004, size=refl.shape).astype(np.float32) + np.float32(haze)
+    # 2 % multiplicative and 0.004 additive Gaussian noise, drawn as one normal
+    sigma = np.sqrt((np.float32(0.02) * refl) ** 2 + np.float32(0.004**2))
+    out = refl + sigma * rng.standard_normal(size=refl.shape, dtype=np.float32)
+    out += np.float32(haze)
     out[:, masks.shadow] *= np.float32(0.35)
     out[:, masks.adjacent] += np.float32(0.015)
     out[:, masks.cirrus] += np.float32(0.03)

@@ -47,15 +47,19 @@ class Truth:
         lakes = fbm(x, y, 2.5, self.seed + 202, octaves=3) > 0.55
         return river | lakes
 
-    def flood_zone(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def flood_zone(self, x: np.ndarray, y: np.ndarray,
+                   water: np.ndarray | None = None) -> np.ndarray:
         """Land next to the river that the flood covers: a low floodplain, wider in bends."""
         d = np.abs(self.river_offset(x, y))
         width = 0.9 + 0.5 * value_noise(x, np.zeros_like(x), 2.5, self.seed + 303)
         lowland = fbm(x, y, 1.5, self.seed + 404, octaves=3) < 0.3
         reach = value_noise(x, np.zeros_like(x), 6.0, self.seed + 505) > -0.35
-        return (d < width) & lowland & reach & ~self.permanent_water(x, y)
+        if water is None:
+            water = self.permanent_water(x, y)
+        return (d < width) & lowland & reach & ~water
 
-    def landcover(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def landcover(self, x: np.ndarray, y: np.ndarray,
+                  water: np.ndarray | None = None) -> np.ndarray:
         """int16 class ids (index into LANDCOVER_CLASSES)."""
         s = self.seed
         out = np.full(np.shape(x), CROPLAND, dtype=np.int16)
@@ -64,7 +68,7 @@ class Truth:
         out[veg < -0.33] = BARE
         town = fbm(x, y, 2.0, s + 2, octaves=4)
         out[town > 0.38] = URBAN
-        out[self.permanent_water(x, y)] = WATER
+        out[self.permanent_water(x, y) if water is None else water] = WATER
         return out
 
     def flooded(self, x: np.ndarray, y: np.ndarray, when: date) -> np.ndarray:
