@@ -11,7 +11,13 @@ from rasterio.enums import Resampling
 from shapely.geometry import box, shape
 
 from terrastill.data.grid import GridSpec
-from terrastill.data.read import Acquisition, StepRead, read_acquisition, read_qa
+from terrastill.data.read import (
+    Acquisition,
+    StepRead,
+    gdal_session,
+    read_acquisition,
+    read_qa,
+)
 from terrastill.data.temporal import TemporalOptions, choose_steps, group_acquisitions
 from terrastill.errors import NoImageryError
 from terrastill.sources import SourceProfile, get_profile
@@ -118,16 +124,17 @@ def read_chip(
         return float(qa_cache[acq.key][0].mean())
 
     acqs = group_acquisitions(items_over(items, grid))
-    choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction,
-                           profile.name.upper())
-    for c in choices:
-        if c.acquisition is None:
-            raise NoImageryError(c.reason)
-    steps = [
-        read_acquisition(c.acquisition, profile, bands, grid, mask, resampling,
-                         qa=qa_cache[c.acquisition.key])
-        for c in choices
-        if c.acquisition is not None
-    ]
+    with gdal_session():
+        choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction,
+                               profile.name.upper())
+        for c in choices:
+            if c.acquisition is None:
+                raise NoImageryError(c.reason)
+        steps = [
+            read_acquisition(c.acquisition, profile, bands, grid, mask, resampling,
+                             qa=qa_cache[c.acquisition.key])
+            for c in choices
+            if c.acquisition is not None
+        ]
     array = np.stack([s.data for s in steps])
     return ChipRead(array, grid, bands, steps)

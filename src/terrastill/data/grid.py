@@ -11,7 +11,7 @@ from pyproj import CRS, Transformer
 from rasterio.crs import CRS as RioCRS
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shp_transform
+import shapely
 
 
 def utm_epsg(lon: float, lat: float) -> int:
@@ -29,7 +29,7 @@ def to_crs(geom: BaseGeometry, src_epsg: int, dst_epsg: int) -> BaseGeometry:
     """Reproject a shapely geometry between two EPSG codes."""
     if src_epsg == dst_epsg:
         return geom
-    return shp_transform(_transformer(src_epsg, dst_epsg).transform, geom)
+    return shapely.transform(geom, _transformer(src_epsg, dst_epsg).transform, interleaved=False)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class GridSpec:
 
     def pixel_of(self, x: float, y: float) -> tuple[int, int]:
         """(row, col) of the pixel containing map coordinate (x, y)."""
-        col, row = ~self.transform * (x, y)
+        col, row = ~self.transform @ (x, y)
         return int(math.floor(row)), int(math.floor(col))
 
     def to_dict(self) -> dict:

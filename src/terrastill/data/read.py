@@ -6,6 +6,7 @@ so a model sees at inference exactly the tensors it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.env import hasenv
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from terrastill.data.grid import GridSpec
@@ -58,8 +61,20 @@ def _aligned_window(src: rasterio.DatasetReader, grid: GridSpec) -> Window | Non
     return Window(round(col), round(row), grid.width, grid.height)
 
 
+def _overlaps(src: rasterio.DatasetReader, grid: GridSpec) -> bool:
+    """Whether ``grid``'s footprint (in the source CRS) touches the source raster."""
+    l, b, r, t = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=8)
+    sb = src.bounds
+    return l < sb.right and r > sb.left and b < sb.top and t > sb.bottom
+
+
+def gdal_session() -> contextlib.AbstractContextManager:
+    """A GDAL environment for a batch of reads (reused when one is already active)."""
+    return contextlib.nullcontext() if hasenv() else rasterio.Env(**_gdal_env())
+
+
 def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float) -> np.ndarray:
-    with rasterio.Env(**_gdal_env()), rasterio.open(href) as src:
+    with gdal_session(), rasterio.open(href) as src:
         dtype = src.dtypes[0]
         out = np.full((grid.height, grid.width), fill, dtype=dtype)
         win = _aligned_window(src, grid)
@@ -73,8 +88,11 @@ def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float) -
                 oc, orow = c0 - win.col_off, r0 - win.row_off
                 out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
             return out
+        if not _overlaps(src, grid):
+            return out
+        # tiny tolerance: exact per-pixel transforms, so nearest picks the true pixel
         with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                       height=grid.height, resampling=resampling, nodata=fill,
+                       height=grid.height, resampling=resampling, nodata=fill, tolerance=1e-6,
                        src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
             return vrt.read(1, out_dtype=dtype)
 
@@ -207,6 +225,7 @@ def read_acquisition(
                 filled |= here
             hrefs[band].append(href)
         invalid = invalid | ~filled
+    hrefs["qa"] = [h for h, _props in _hrefs(acq, profile, "qa")]
     out[:, invalid] = np.nan
     n = invalid.size
     return StepRead(out, float(invalid.sum()) / n, float(cloud.sum()) / n, acq, hrefs)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny demo world built by the world generator (the fixture generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The team's small real files (../shared/data/real beside the project root)."""
+    if not REAL.exists():
+        pytest.skip(f"real sample data not found at {REAL}")
+    return REAL
+
+
+def small_world_config(**overrides):
+    from terrastill.world.config import WorldConfig
+
+    base = dict(seed=3, zones=2, tiles_x=2, tiles_y=1, tile_size=64, start="2024-05-01",
+                end="2024-07-15", revisit=3, flood_date="2024-06-20", observations=80)
+    base.update(overrides)
+    return WorldConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> dict:
+    """A two-zone, two-tile-per-zone world of 64 px tiles over ten weeks (built once)."""
+    from terrastill.world.build import build_world, load_manifest
+
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, small_world_config(bad_rows=True))
+    return load_manifest(out)
