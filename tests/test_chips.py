@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import json
@@ -19,7 +18,6 @@ from terrastill.data.build import ChipJob, make_chips
 from terrastill.data.chips import ReadOptions
 from terrastill.data.observations import ObservationOptions
 from terrastill.data.temporal import TemporalOptions
-from terrastill.sources import get_profile
 
 FLOOD = ["land", "water"]
 
@@ -74,13 +72,13 @@ def test_dataset_folder_follows_the_contract(flood_chips):
 BANDS = ["blue", "green", "red", "nir_narrow", "swir1", "swir2"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _raster(href: str) -> tuple[np.ndarray, object, int]:
     with rasterio.open(href) as src:
         return src.read(1), src.transform, src.crs.to_epsg()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transformer(src: int, dst: int) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
 

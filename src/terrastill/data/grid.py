@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio.crs import CRS as RioCRS
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-import shapely
 
 
 def utm_epsg(lon: float, lat: float) -> int:

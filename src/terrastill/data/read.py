@@ -63,9 +63,9 @@ def _aligned_window(src: rasterio.DatasetReader, grid: GridSpec) -> Window | Non
 
 def _overlaps(src: rasterio.DatasetReader, grid: GridSpec) -> bool:
     """Whether ``grid``'s footprint (in the source CRS) touches the source raster."""
-    l, b, r, t = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=8)
+    left, b, r, t = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=8)
     sb = src.bounds
-    return l < sb.right and r > sb.left and b < sb.top and t > sb.bottom
+    return left < sb.right and r > sb.left and b < sb.top and t > sb.bottom
 
 
 def gdal_session() -> contextlib.AbstractContextManager:
