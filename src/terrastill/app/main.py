@@ -65,30 +65,37 @@ class BodyLimit:
                     await self._refuse(scope, receive, send)
                     return
         seen = 0
+        too_big = False
+        replaced = False
 
         async def counted() -> Message:
-            nonlocal seen
+            # Past the limit the app gets an empty, final chunk; its answer is replaced below.
+            nonlocal seen, too_big
+            if too_big:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    too_big = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if not too_big:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._refuse(scope, receive, send)
+
+        await self.app(scope, counted, guarded_send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
             {"detail": f"request body larger than {self.limit} bytes"}, status_code=413
         )
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class SecurityHeaders:
