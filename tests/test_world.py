@@ -109,9 +109,14 @@ def test_items_fields_and_local_catalog(tiny):
 
 def test_items_validate_offline_or_skip(tiny):
     import pystac
+    import stac_pydantic
 
-    out, _, _ = tiny
+    out, m, _ = tiny
     fc = json.loads((out / "catalog.json").read_text())
+    for f in fc["features"]:
+        stac_pydantic.Item.model_validate(f)
+    for rel in m["collections"].values():
+        stac_pydantic.Collection.model_validate(json.loads((out / rel).read_text()))
     item = pystac.Item.from_dict(fc["features"][0])
     try:
         item.validate()
@@ -290,6 +295,44 @@ def test_overlapping_tiles_agree(tiny):
     assert inside.sum() > 500
     agree = lc32[r32[inside], c32[inside]] == lc33.ravel()[inside]
     assert agree.mean() > 0.9
+
+
+def test_clouds_agree_across_zones(tiny):
+    out, _, _ = tiny
+    fc = json.loads((out / "catalog.json").read_text())
+    by_dt: dict[str, dict[int, list[dict]]] = {}
+    for f in fc["features"]:
+        p = f["properties"]
+        by_dt.setdefault(p["datetime"], {}).setdefault(p["proj:epsg"], []).append(f)
+    checked = 0
+    for zones in by_dt.values():
+        if len(zones) < 2 or not any(f["properties"]["eo:cloud_cover"] > 5
+                                     for fs in zones.values() for f in fs):
+            continue
+        f32 = max(zones[32632], key=lambda f: f["properties"]["proj:bbox"][2])  # east tile
+        f33 = min(zones[32633], key=lambda f: f["properties"]["proj:bbox"][0])  # west tile
+        qa32, t32, _ = _read(out / f32["assets"]["Fmask"]["href"])
+        qa33, t33, _ = _read(out / f33["assets"]["Fmask"]["href"])
+        rows, cols = np.mgrid[0 : qa33.shape[0], 0 : qa33.shape[1]]
+        x, y = rasterio.transform.xy(t33, rows.ravel(), cols.ravel())
+        x32, y32 = Transformer.from_crs(32633, 32632, always_xy=True).transform(x, y)
+        r, c = (np.asarray(v) for v in rasterio.transform.rowcol(t32, x32, y32))
+        inside = (r >= 0) & (r < qa32.shape[0]) & (c >= 0) & (c < qa32.shape[1])
+        a = decode_fmask(qa32[r[inside], c[inside]])["cloud"]
+        b = decode_fmask(qa33.ravel()[inside])["cloud"]
+        assert (a == b).mean() > 0.95
+        checked += 1
+    assert checked
+
+
+def test_cli_yaml_config(tmp_path):
+    cfg = tmp_path / "world.yaml"
+    cfg.write_text("tiles_x: 1\ntiles_y: 1\ntile_size: 32\nzones: 1\nstart: '2024-06-01'\n"
+                   "end: '2024-06-20'\nobservations: 4\nseed: 5\n")
+    res = runner.invoke(app, ["world", str(tmp_path / "w"), "--config", str(cfg), "--seed", "6"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert m["seed"] == 6 and len(m["tiles"]) == 1 and m["start"] == "2024-06-01"
 
 
 def test_tile_grids_aligned_and_overlapping(tiny):

@@ -21,7 +21,7 @@ from terrastill.errors import BadInputError, NotFoundError
 from terrastill.world import catalogue, clouds, observations, scenes, spectra
 from terrastill.world.config import WorldConfig
 from terrastill.world.grid import LocalFrame, ZoneGrid, layout, region_bbox
-from terrastill.world.noise import fbm
+from terrastill.world.noise import fbm, value_noise
 from terrastill.world.schedule import Pass, make_schedule
 from terrastill.world.truth import FLOOD_CLASSES, LANDCOVER_CLASSES, Truth
 
@@ -66,6 +66,13 @@ class World:
         return zone.permanent_water.copy()
 
 
+def _texture(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Static brightness pattern around 1: within-field variation at ~250 m and ~50 m."""
+    t = 1.0 + 0.07 * fbm(x, y, 0.25, seed + 909, octaves=2)
+    t += 0.04 * value_noise(x, y, 0.05, seed + 910)
+    return t.astype(np.float32)
+
+
 def prepare(config: WorldConfig) -> World:
     """Everything about the world that is not a file: reproducible from the config alone."""
     frame = LocalFrame(config.center_lon, config.center_lat)
@@ -78,8 +85,7 @@ def prepare(config: WorldConfig) -> World:
         zones.append(ZoneData(
             grid=g, x=x, y=y, landcover=truth.landcover(x, y, water=pw), permanent_water=pw,
             flood_zone=truth.flood_zone(x, y, water=pw),
-            texture=(1.0 + 0.07 * fbm(x, y, 0.25, config.seed + 909, octaves=2)).astype(
-                np.float32),
+            texture=_texture(x, y, config.seed),
         ))
     bbox = region_bbox(grids)
     bx0, by0 = frame.to_km(np.array(bbox[0]), np.array(bbox[1]))

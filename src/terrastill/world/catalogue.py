@@ -158,8 +158,8 @@ def make_collection(collection_id: str, items: Sequence[pystac.Item], seed: int)
     coll = pystac.Collection(
         id=collection_id,
         title=COLLECTION_TITLES.get(collection_id, collection_id),
-        description=(f"Synthetic {COLLECTION_TITLES.get(collection_id, collection_id)} items "
-                     f"of the terrastill demo world (seed {seed}); not real observations."),
+        description=(f"Items of the terrastill synthetic demo world (seed {seed}) shaped like "
+                     f"{collection_id}; not real observations."),
         extent=pystac.Extent(
             pystac.SpatialExtent([[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
                                    max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]),

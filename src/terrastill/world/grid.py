@@ -51,7 +51,8 @@ class LocalFrame:
 
     def to_km(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kx = KM_PER_DEG_LON_EQ * math.cos(math.radians(self.lat0))
-        return (np.asarray(lon) - self.lon0) * kx, (np.asarray(lat) - self.lat0) * KM_PER_DEG_LAT
+        dlon = (np.asarray(lon) - self.lon0 + 180.0) % 360.0 - 180.0  # across the antimeridian
+        return dlon * kx, (np.asarray(lat) - self.lat0) * KM_PER_DEG_LAT
 
     def to_lonlat(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kx = KM_PER_DEG_LON_EQ * math.cos(math.radians(self.lat0))
