@@ -254,3 +254,27 @@ def test_over_real_http(tmp_path):
         tj = http.get(st["links"]["tilejson"]["classes"]).json()
         assert tj["tiles"][0].startswith(url)
         check_class_tile(http.get, st["id"])
+
+
+def test_bench_tiles_script(tmp_path):
+    """scripts/bench_tiles.py against a live server: bounded, loopback, zero errors."""
+    import argparse
+    import asyncio
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_tiles.py"
+    spec = importlib.util.spec_from_file_location("bench_tiles", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit, match="loopback"):
+        bench.loopback_only("http://192.0.2.1:8000")
+    app = make_app(tmp_path)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
+        job_id = wait_done(http, r.json()["id"])["id"]
+        args = argparse.Namespace(url=url, job=job_id, token=None, layers=["classes", "truecolor"],
+                                  requests=60, concurrency=8, max_seconds=30)
+        report = asyncio.run(bench.run(args))
+    assert report["requests"] == 60 and report["errors"] == 0
+    assert report["tiles_per_s"] > 0 and report["p95_ms"] >= report["p50_ms"] > 0
