@@ -54,3 +54,7 @@ def main(
     ),
 ) -> None:
     """terrastill: chips → teacher → student → prediction → service."""
+
+
+if __name__ == "__main__":
+    app()

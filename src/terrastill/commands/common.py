@@ -19,6 +19,11 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _config_error(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] --config {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
     """Eager callback: read a YAML file and use it as the command's option defaults."""
     if value is None:
@@ -26,14 +31,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
     try:
         data = yaml.safe_load(Path(value).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{value}: cannot read YAML config ({exc})") from exc
+        raise _config_error(f"{value}: cannot read YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{value}: expected a mapping of option names to values")
+        raise _config_error(f"{value}: expected a mapping of option names to values")
     defaults = {str(k).replace("-", "_"): v for k, v in data.items()}
     known = {p.name for p in ctx.command.params}
     unknown = sorted(set(defaults) - known)
     if unknown:
-        raise click.BadParameter(f"{value}: unknown option {unknown[0]!r}")
+        raise _config_error(f"{value}: unknown option {unknown[0]!r}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 

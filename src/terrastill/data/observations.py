@@ -225,7 +225,7 @@ def load_observations(path: str | Path, opts: ObservationOptions | None = None) 
     )
     rejected = pd.DataFrame(bad, columns=REJECT_COLUMNS)
     if len(bad):
-        log.warning("%s: %d of %d rows rejected", path, len(bad), len(df))
+        log.info("%s: %d of %d rows rejected", path, len(bad), len(df))
     return Observations(table=table, rejected=rejected, class_names=class_names, path=str(path))
 
 

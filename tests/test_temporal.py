@@ -1,0 +1,70 @@
+"""Acquisition choice: least cloud over the chip, tolerance edges, tie breaks, reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from terrastill.data.read import Acquisition
+from terrastill.data.temporal import TemporalOptions, choose_steps, group_acquisitions
+
+
+def acq(day: str, coll: str = "HLSS30_2.0") -> Acquisition:
+    return Acquisition(coll, day, ({"id": f"{coll}-{day}", "properties": {"datetime": day}},))
+
+
+def test_targets_end_on_the_observation_date_oldest_first():
+    opts = TemporalOptions(num_steps=3, temporal_step=10, temporal_tolerance=2)
+    assert opts.targets(dt.date(2024, 5, 21)) == [dt.date(2024, 5, 1), dt.date(2024, 5, 11),
+                                                  dt.date(2024, 5, 21)]
+    assert opts.search_window(dt.date(2024, 5, 21)) == (dt.date(2024, 4, 29),
+                                                        dt.date(2024, 5, 23))
+
+
+def test_least_cloud_over_the_chip_wins_not_the_closest_date():
+    acqs = [acq("2024-05-20"), acq("2024-05-22"), acq("2024-05-24")]
+    cloud = {"2024-05-20": 0.40, "2024-05-22": 0.05, "2024-05-24": 0.30}
+    opts = TemporalOptions(num_steps=1, temporal_step=0, temporal_tolerance=3, max_cloud=50)
+    [c] = choose_steps(acqs, dt.date(2024, 5, 21), opts, lambda a: cloud[a.date])
+    assert c.acquisition.date == "2024-05-22" and c.invalid_fraction == 0.05
+
+
+def test_tolerance_edges_are_inclusive():
+    opts = TemporalOptions(num_steps=1, temporal_step=0, temporal_tolerance=3, max_cloud=100)
+    inside = choose_steps([acq("2024-05-24")], dt.date(2024, 5, 21), opts, lambda a: 0.0)
+    outside = choose_steps([acq("2024-05-25")], dt.date(2024, 5, 21), opts, lambda a: 0.0)
+    assert inside[0].acquisition is not None
+    assert outside[0].acquisition is None
+    assert outside[0].reason == "no source item within ±3 days of 2024-05-21 at step 0"
+
+
+def test_ties_break_on_closeness_then_earlier_date():
+    opts = TemporalOptions(num_steps=1, temporal_step=0, temporal_tolerance=5, max_cloud=100)
+    acqs = [acq("2024-05-18"), acq("2024-05-24"), acq("2024-05-22")]
+    [c] = choose_steps(acqs, dt.date(2024, 5, 21), opts, lambda a: 0.1)
+    assert c.acquisition.date == "2024-05-22"
+    acqs = [acq("2024-05-23"), acq("2024-05-19")]
+    [c] = choose_steps(acqs, dt.date(2024, 5, 21), opts, lambda a: 0.1)
+    assert c.acquisition.date == "2024-05-19"
+
+
+def test_an_acquisition_serves_one_step_only_and_cloud_limit_gives_a_reason():
+    opts = TemporalOptions(num_steps=2, temporal_step=2, temporal_tolerance=3, max_cloud=20)
+    acqs = [acq("2024-05-20"), acq("2024-05-10")]
+    steps = choose_steps(acqs, dt.date(2024, 5, 21), opts, lambda a: 0.0, "HLS")
+    assert steps[0].acquisition.date == "2024-05-20"
+    assert steps[1].acquisition is None  # 2024-05-20 is taken, 2024-05-10 too far
+    cloudy = choose_steps([acq("2024-05-21")], dt.date(2024, 5, 21),
+                          TemporalOptions(1, 0, 3, 20), lambda a: 0.35, "HLS")
+    assert cloudy[0].acquisition is None
+    assert "exceed 20% masked over the chip (least: 35.0% on 2024-05-21)" in cloudy[0].reason
+
+
+def test_grouping_mosaics_items_of_one_collection_and_day():
+    items = [
+        {"id": "b", "collection": "HLSS30_2.0", "properties": {"datetime": "2024-05-01T10:00Z"}},
+        {"id": "a", "collection": "HLSS30_2.0", "properties": {"datetime": "2024-05-01T10:01Z"}},
+        {"id": "c", "collection": "HLSL30_2.0", "properties": {"datetime": "2024-05-01T10:30Z"}},
+    ]
+    groups = group_acquisitions(items)
+    assert [(g.collection, g.item_ids) for g in groups] == [("HLSL30_2.0", ["c"]),
+                                                            ("HLSS30_2.0", ["a", "b"])]
