@@ -44,7 +44,7 @@ def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata
     profile = {
         "driver": "COG", "width": w, "height": h, "count": count, "dtype": arr.dtype.name,
         "crs": CRS.from_epsg(epsg), "transform": transform, "nodata": nodata,
-        "BLOCKSIZE": blocksize(h, w), "COMPRESS": "DEFLATE", "LEVEL": 6,
+        "BLOCKSIZE": blocksize(h, w), "COMPRESS": "DEFLATE", "LEVEL": 1,
         "OVERVIEW_RESAMPLING": resampling.upper(), "NUM_THREADS": 1,
     }
     if arr.dtype.kind in "iu":
