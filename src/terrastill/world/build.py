@@ -132,8 +132,8 @@ def _write_pass(world: World, p: Pass, zone: ZoneData, out: Path) -> tuple[list[
     water = world.water_on(zone, when)
     rng = np.random.default_rng([cfg.seed, p.index, zone.grid.zone])
     g = zone.grid
+    # asset key -> (array at its resolution, resolution, dtype, nodata, overview resampling)
     layers: dict[str, tuple[np.ndarray, float, str, float, str]] = {}
-    # key -> (array at its resolution, resolution, dtype, nodata, resampling)
     specs_extra: dict[str, dict[str, Any]] = {}
     if cfg.source == "hls":
         keys = scenes.HLS_S30_KEYS if p.product == "S30" else scenes.HLS_L30_KEYS
@@ -351,6 +351,8 @@ def load_manifest(path: str | Path) -> dict:
         m = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{p}: not a readable world manifest ({exc})") from exc
+    if not isinstance(m, dict) or m.get("version") != MANIFEST_VERSION:
+        raise BadInputError(f"{p}: not a version {MANIFEST_VERSION} world manifest")
     root = p.parent.resolve()
 
     def absolute(rel: str) -> str:

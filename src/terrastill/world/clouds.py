@@ -88,7 +88,8 @@ def pass_masks(p: Pass, grid: ZoneGrid, frame: LocalFrame, x: np.ndarray, y: np.
     pad = max(abs(sx), abs(sy)) + 2
     lon, lat = grid.lonlat_of(cres, pad=pad)
     cx, cy = frame.to_km(lon, lat)
-    cloud = shadow = zeros.copy()
+    cloud = zeros.copy()
+    shadow = zeros.copy()
     adjacent = zeros.copy()
     opacity = np.zeros((h, w), dtype=np.float32)
     if math.isfinite(thr):

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 from pyproj import Transformer
 
+from terrastill.world.grid import ZoneGrid
 from terrastill.world.truth import FLOOD_CLASSES, LANDCOVER_CLASSES
 
 HISTORY_DAYS = 30  # observations are dated at least this long after the first acquisition
@@ -17,7 +18,7 @@ HISTORY_DAYS = 30  # observations are dated at least this long after the first a
 class ZoneState:
     """What the sampler needs of one zone: grid, truth layers and per-pass clear masks."""
 
-    grid: object  # ZoneGrid
+    grid: ZoneGrid
     landcover: np.ndarray
     permanent_water: np.ndarray
     flood_zone: np.ndarray
