@@ -148,7 +148,7 @@ def test_changed_options_on_an_existing_folder_are_refused(reference, small_worl
 
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
-    res = runner.invoke(app, chips_args(small_world, out) + ["--min-count", "2"])
+    res = runner.invoke(app, [*chips_args(small_world, out), "--min-count", "2"])
     assert res.exit_code == 2 and "different" in res.output and "--overwrite" in res.output
 
 

@@ -252,7 +252,9 @@ def make_chips(
     remove_stale_temps(out)
 
     done = _load_records(out)
-    todo = [t for t in tasks if t.chip_id not in done]
+    # date order: consecutive chips share scenes, so open datasets are reused (bytes are the same
+    # in any order; records are indexed by id)
+    todo = sorted((t for t in tasks if t.chip_id not in done), key=lambda t: (t.date, t.chip_id))
     skipped = len(tasks) - len(todo)
     num_classes = len(obs.class_names)
     completed = [skipped]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,28 +75,63 @@ def gdal_session() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if hasenv() else rasterio.Env(**_gdal_env())
 
 
+class _OpenDatasets(threading.local):
+    """Per-thread LRU of open datasets: a scene asset is opened once, not once per chip."""
+
+    size = 512
+
+    def __init__(self) -> None:
+        self.open: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
+
+    def get(self, href: str) -> rasterio.DatasetReader:
+        ds = self.open.pop(href, None)
+        if ds is None or ds.closed:
+            ds = rasterio.open(href)
+        self.open[href] = ds
+        while len(self.open) > self.size:
+            self.open.popitem(last=False)[1].close()
+        return ds
+
+    def drop(self, href: str) -> None:
+        ds = self.open.pop(href, None)
+        if ds is not None:
+            ds.close()
+
+
+_DATASETS = _OpenDatasets()
+
+
 def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float) -> np.ndarray:
-    with gdal_session(), rasterio.open(href) as src:
-        dtype = src.dtypes[0]
-        out = np.full((grid.height, grid.width), fill, dtype=dtype)
-        win = _aligned_window(src, grid)
-        if win is not None:
-            # Fast path: same grid, so a plain windowed read of the overlapping part.
-            c0, r0 = max(0, win.col_off), max(0, win.row_off)
-            c1 = min(src.width, win.col_off + win.width)
-            r1 = min(src.height, win.row_off + win.height)
-            if c1 > c0 and r1 > r0:
-                part = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-                oc, orow = c0 - win.col_off, r0 - win.row_off
-                out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
-            return out
-        if not _overlaps(src, grid):
-            return out
-        # tiny tolerance: exact per-pixel transforms, so nearest picks the true pixel
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                       height=grid.height, resampling=resampling, nodata=fill, tolerance=1e-6,
-                       src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
-            return vrt.read(1, out_dtype=dtype)
+    try:
+        with gdal_session():
+            return _read_open(_DATASETS.get(href), grid, resampling, fill)
+    except RasterioError:
+        _DATASETS.drop(href)  # a retry reopens it
+        raise
+
+
+def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampling,
+               fill: float) -> np.ndarray:
+    dtype = src.dtypes[0]
+    out = np.full((grid.height, grid.width), fill, dtype=dtype)
+    win = _aligned_window(src, grid)
+    if win is not None:
+        # Fast path: same grid, so a plain windowed read of the overlapping part.
+        c0, r0 = max(0, win.col_off), max(0, win.row_off)
+        c1 = min(src.width, win.col_off + win.width)
+        r1 = min(src.height, win.row_off + win.height)
+        if c1 > c0 and r1 > r0:
+            part = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            oc, orow = c0 - win.col_off, r0 - win.row_off
+            out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
+        return out
+    if not _overlaps(src, grid):
+        return out
+    # tiny tolerance: exact per-pixel transforms, so nearest picks the true pixel
+    with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                   height=grid.height, resampling=resampling, nodata=fill, tolerance=1e-6,
+                   src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
+        return vrt.read(1, out_dtype=dtype)
 
 
 def read_asset(
