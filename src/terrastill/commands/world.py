@@ -87,11 +87,12 @@ def world(
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]world[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
+                  transient=True, auto_refresh=False) as bar:
         task = bar.add_task("", total=None)
 
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what)
+            bar.refresh()  # no refresh thread: scene writing forks worker processes
 
         manifest = build_world(out, cfg, progress=progress)
     console.print(

@@ -7,6 +7,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,12 @@ def _run_job(job: tuple[int, int]) -> tuple[int, int, list[dict], np.ndarray | N
 
 
 def _pool_workers(requested: int, jobs: int) -> int:
+    """Processes to use: forked workers only where fork is safe (no other threads running)."""
     if requested == 1 or jobs < 4 or "fork" not in mp.get_all_start_methods():
+        return 1
+    if threading.active_count() > 1:
+        if requested:
+            log.info("other threads are running: writing scenes in this process only")
         return 1
     n = requested or min(4, os.cpu_count() or 1)
     return max(1, min(n, jobs))
