@@ -1,4 +1,32 @@
-"""Build the whole demo world: truth, scenes, catalogue, observations and ``world.json``."""
+"""Build the whole demo world: truth, scenes, catalogue, observations and ``world.json``.
+
+Layout of ``OUT`` (every path in the manifest is relative to ``OUT``)::
+
+    world.json                       the manifest, written last (atomically)
+    catalog.json                     STAC ItemCollection, asset hrefs relative to this file
+    collections/<collection>.json    one STAC Collection per collection (for a STAC API)
+    scenes/<tile>/<item id>/<key>.tif  one COG per band and the QA band (Fmask / SCL)
+    truth/landcover_<epsg>.tif       int16 class ids, one raster per UTM zone (zone union grid)
+    truth/flood_<epsg>.tif           int16 0 land / 1 water on the flood date
+    observations/<task>.csv          lon,lat,date,label (label = class name)
+    observations/<task>_with_bad_rows.csv   with --bad-rows
+
+``world.json`` (version 1)::
+
+    {"version": 1, "source": "hls|s2|s1", "seed": int,
+     "bbox": [lon0, lat0, lon1, lat1], "epsg": [32632, 32633], "resolution": 30.0,
+     "start": "YYYY-MM-DD", "end": "YYYY-MM-DD", "flood_date": "YYYY-MM-DD",
+     "catalog": "catalog.json", "collections": {"<id>": "collections/<id>.json"},
+     "tiles": [{"id", "epsg", "bounds" (UTM m), "lonlat_bounds", "shape", "transform"}],
+     "overlap": px shared by neighbouring tiles, "items": int, "acquisitions": int,
+     "tasks": {"landcover": {"classes": [...], "observations": path,
+                             "truth": {"<epsg>": path}, "kind": "segmentation"},
+               "flood": {... same ..., "date": flood_date, "end": recession (if any)}},
+     "bad_rows": {"<task>": {"file": path, "rows": [{"row": 0-based data row,
+                                                      "line": 1-based file line,
+                                                      "reason": str}]}},   (with --bad-rows)
+     "config": {every WorldConfig field except workers}}
+"""
 
 from __future__ import annotations
 
