@@ -268,9 +268,20 @@
     return String(n);
   }
 
+  const METRIC_ORDER = ["miou", "accuracy", "macro_f1", "f1", "rmse", "mae", "r2"];
+
   function fmtMetrics(m) {
-    const items = Object.entries(m || {}).filter(([, v]) => typeof v === "number");
-    return items.slice(0, 6).map(([k, v]) => `${k} ${Math.abs(v) <= 1 ? v.toFixed(3) : v.toFixed(1)}`).join(" · ") || "none recorded";
+    // Cards nest metrics per split ({val: {miou: ...}, test: {...}}) or keep them flat.
+    const pick = (obj, prefix) => Object.entries(obj || {})
+      .filter(([k, v]) => typeof v === "number" && METRIC_ORDER.includes(k))
+      .sort(([a], [b]) => METRIC_ORDER.indexOf(a) - METRIC_ORDER.indexOf(b))
+      .map(([k, v]) => `${prefix}${k} ${Math.abs(v) <= 1 ? v.toFixed(3) : v.toFixed(2)}`);
+    let items = [];
+    for (const split of ["val", "test"]) {
+      if (m && m[split] && typeof m[split] === "object") items = items.concat(pick(m[split], `${split} `).slice(0, 2));
+    }
+    if (!items.length) items = pick(m, "");
+    return items.join(" · ") || "none recorded";
   }
 
   function showModelInfo() {
