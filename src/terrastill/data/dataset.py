@@ -72,7 +72,7 @@ def _doy_year(value: Any) -> tuple[float, float]:
     import pandas as pd
 
     ts = pd.Timestamp(value)
-    return float(ts.year), float(ts.dayofyear - 1)
+    return float(ts.year), float(ts.day_of_year - 1)
 
 
 class ChipDataset(Dataset):
