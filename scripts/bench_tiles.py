@@ -49,8 +49,12 @@ def tile_urls(job_id: str, tj: dict, layers: list[str], zooms: list[int], cap: i
 
 async def run(args: argparse.Namespace) -> dict:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=30, limits=limits) as c:
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=args.url, headers=headers, timeout=30, limits=limits
+    ) as c:
         r = await c.get(f"/api/jobs/{args.job}/tilejson.json", params={"layer": args.layers[0]})
         r.raise_for_status()
         tj = r.json()
@@ -106,12 +110,15 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback)")
     p.add_argument("--job", required=True, help="id of a finished job")
     p.add_argument("--token", default=os.environ.get("TERRASTILL_TOKEN"), help="bearer token")
-    p.add_argument("--layers", nargs="+", default=["classes", "truecolor"],
-                   choices=["classes", "truecolor"])
+    p.add_argument(
+        "--layers", nargs="+", default=["classes", "truecolor"], choices=["classes", "truecolor"]
+    )
     p.add_argument("--requests", type=int, default=1000, help="most requests sent (≤ 100000)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (≤ 256)")
     p.add_argument("--max-seconds", type=float, default=60, help="stop after this long (≤ 600)")

@@ -105,7 +105,10 @@ def _write_cog(path: Path, data: np.ndarray, crs: int, transform: Any, nodata: f
 
 
 def fake_predict(
-    request: Any, progress: Any = None, cancel: threading.Event | None = None, delay: float = 0.0,
+    request: Any,
+    progress: Any = None,
+    cancel: threading.Event | None = None,
+    delay: float = 0.0,
     fail: str | None = None,
 ) -> FakeResult:
     """Reports the three stages, honours ``cancel``, writes classes + true-colour COGs."""
@@ -146,7 +149,9 @@ def fake_predict(
     sidecar = out / "prediction.json"
     sidecar.write_text('{"model": "fake"}')
     return FakeResult(
-        classes=[cpath], truecolor=[tpath], sidecar=sidecar,
+        classes=[cpath],
+        truecolor=[tpath],
+        sidecar=sidecar,
         timings={"predict": round(time.perf_counter() - t0, 3)},
     )
 

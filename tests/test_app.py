@@ -14,6 +14,9 @@ import morecantile
 import numpy as np
 import pytest
 import rasterio
+from fastapi.testclient import TestClient
+from PIL import Image
+
 from app_support import (
     CLASS_COLORS,
     FakeRequest,
@@ -23,9 +26,6 @@ from app_support import (
     make_models,
     running_server,
 )
-from fastapi.testclient import TestClient
-from PIL import Image
-
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -41,7 +41,9 @@ def _predict(delay: float = 0.0, fail: str | None = None):
 
 
 def make_app(tmp_path, predict=None, **settings):
-    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **settings)
+    s = Settings(
+        models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **settings
+    )
     return create_app(
         s, predict_fn=predict or _predict(), request_cls=FakeRequest, read_card=fake_card
     )
@@ -117,7 +119,9 @@ def test_submit_progress_done_tiles_download(tmp_path):
         assert st["bounds"] == AOI
 
         tj = c.get(st["links"]["tilejson"]["classes"]).json()
-        assert tj["tiles"][0].endswith(f"/api/jobs/{job_id}/tiles/{{z}}/{{x}}/{{y}}.png?layer=classes")
+        assert tj["tiles"][0].endswith(
+            f"/api/jobs/{job_id}/tiles/{{z}}/{{x}}/{{y}}.png?layer=classes"
+        )
         assert tj["bounds"][0] == pytest.approx(AOI[0], abs=0.01)
         assert 0 <= tj["minzoom"] <= tj["maxzoom"] <= 24
         check_class_tile(c.get, job_id)
@@ -156,8 +160,13 @@ def test_multiple_boxes_and_geojson(tmp_path):
         }
         r = c.post(
             "/api/jobs",
-            json={"aois": poly, "date": "2024-06-01", "model": "teacher", "max_cloud": 20,
-                  "tolerance": 5},
+            json={
+                "aois": poly,
+                "date": "2024-06-01",
+                "model": "teacher",
+                "max_cloud": 20,
+                "tolerance": 5,
+            },
         )
         assert r.status_code == 201, r.text
         st = wait_done(c, r.json()["id"])
@@ -178,8 +187,14 @@ def test_multiple_boxes_and_geojson(tmp_path):
         ({"aois": [AOI], "date": "2024-06-01", "model": "student", "max_cloud": 101}, 422, "100"),
         ({"aois": [AOI], "date": "2024-06-01", "model": "student", "extra": 1}, 422, "extra"),
         (
-            {"aois": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]},
-             "date": "2024-06-01", "model": "student"},
+            {
+                "aois": {
+                    "type": "Polygon",
+                    "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]],
+                },
+                "date": "2024-06-01",
+                "model": "student",
+            },
             422,
             "invalid",
         ),
@@ -273,8 +288,15 @@ def test_bench_tiles_script(tmp_path):
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
         job_id = wait_done(http, r.json()["id"])["id"]
-        args = argparse.Namespace(url=url, job=job_id, token=None, layers=["classes", "truecolor"],
-                                  requests=60, concurrency=8, max_seconds=30)
+        args = argparse.Namespace(
+            url=url,
+            job=job_id,
+            token=None,
+            layers=["classes", "truecolor"],
+            requests=60,
+            concurrency=8,
+            max_seconds=30,
+        )
         report = asyncio.run(bench.run(args))
     assert report["requests"] == 60 and report["errors"] == 0
     assert report["tiles_per_s"] > 0 and report["p95_ms"] >= report["p50_ms"] > 0

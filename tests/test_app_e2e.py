@@ -13,10 +13,10 @@ import morecantile
 import numpy as np
 import pytest
 import rasterio
-from app_support import hex_rgb, running_server
 from PIL import Image
 from pyproj import Transformer
 
+from app_support import hex_rgb, running_server
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -37,11 +37,17 @@ def flood_model(small_world, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("app-e2e")
     t = TemporalOptions(num_steps=2, temporal_step=9, temporal_tolerance=4, max_cloud=60)
-    job = ChipJob(read=ReadOptions(source="hls", temporal=t), chip_size=16, min_valid=0.3,
-                  split_block=1000)
-    make_chips(small_world["tasks"]["flood"]["observations"], root / "chips",
-               small_world["catalog"], job, ObservationOptions(classes=["land", "water"]),
-               command="test")
+    job = ChipJob(
+        read=ReadOptions(source="hls", temporal=t), chip_size=16, min_valid=0.3, split_block=1000
+    )
+    make_chips(
+        small_world["tasks"]["flood"]["observations"],
+        root / "chips",
+        small_world["catalog"],
+        job,
+        ObservationOptions(classes=["land", "water"]),
+        command="test",
+    )
     model = fit(root / "chips", root / "train", {"epochs": 4, "progress": False, "seed": 0})
     models = root / "models"
     models.mkdir()
@@ -65,14 +71,19 @@ def _sample(path: str, lon: float, lat: float, cache: dict) -> int | None:
 def test_real_prediction_job_and_tiles(small_world, flood_model, tmp_path):
     from rio_cogeo.cogeo import cog_validate
 
-    settings = Settings(models_dir=flood_model, data_dir=tmp_path / "serve",
-                        catalog=small_world["catalog"])
+    settings = Settings(
+        models_dir=flood_model, data_dir=tmp_path / "serve", catalog=small_world["catalog"]
+    )
     app = create_app(settings)
     with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         model = http.get("/api/models").json()[0]
-        assert model["name"] == "flood" and [c["name"] for c in model["classes"]] == ["land", "water"]
-        r = http.post("/api/jobs", json={"aois": [AOI], "date": small_world["flood_date"],
-                                         "model": "flood"})
+        assert model["name"] == "flood" and [c["name"] for c in model["classes"]] == [
+            "land",
+            "water",
+        ]
+        r = http.post(
+            "/api/jobs", json={"aois": [AOI], "date": small_world["flood_date"], "model": "flood"}
+        )
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
         seen, deadline = [], time.monotonic() + 300
@@ -106,25 +117,40 @@ def test_real_prediction_job_and_tiles(small_world, flood_model, tmp_path):
             b = TMS.xy_bounds(t)
             for row in range(4, 256, 8):
                 for col in range(4, 256, 8):
-                    lon, lat = TMS.lnglat(b.left + (col + 0.5) * (b.right - b.left) / 256,
-                                          b.top - (row + 0.5) * (b.top - b.bottom) / 256)
-                    if not (AOI[0] + 0.001 < lon < AOI[2] - 0.001 and
-                            AOI[1] + 0.001 < lat < AOI[3] - 0.001):
+                    lon, lat = TMS.lnglat(
+                        b.left + (col + 0.5) * (b.right - b.left) / 256,
+                        b.top - (row + 0.5) * (b.top - b.bottom) / 256,
+                    )
+                    if not (
+                        AOI[0] + 0.001 < lon < AOI[2] - 0.001
+                        and AOI[1] + 0.001 < lat < AOI[3] - 0.001
+                    ):
                         continue
-                    cls = next((v for p in products if (v := _sample(p, lon, lat, cache)) is not None), None)
+                    cls = next(
+                        (v for p in products if (v := _sample(p, lon, lat, cache)) is not None),
+                        None,
+                    )
                     if cls is None:
                         continue
                     n += 1
                     assert px[row, col, 3] == 255, (lon, lat)
                     same_as_product += tuple(px[row, col, :3]) == colors[cls]
-                    true = next((v for p in truth.values()
-                                 if (v := _sample(p, lon, lat, cache)) is not None), None)
+                    true = next(
+                        (
+                            v
+                            for p in truth.values()
+                            if (v := _sample(p, lon, lat, cache)) is not None
+                        ),
+                        None,
+                    )
                     agree_truth += true is not None and tuple(px[row, col, :3]) == colors[true]
         for src, _, _ in cache.values():
             src.close()
         assert n >= 200, n
-        print(f"samples {n}: tile = product {same_as_product / n:.3f}, "
-              f"tile = truth {agree_truth / n:.3f}, job timings {st['timings']}")
+        print(
+            f"samples {n}: tile = product {same_as_product / n:.3f}, "
+            f"tile = truth {agree_truth / n:.3f}, job timings {st['timings']}"
+        )
         # tiles show the product's class colours (nearest resampling; a few border pixels differ)
         assert same_as_product / n >= 0.97, same_as_product / n
         # and mostly the truth: a few epochs of a tiny model on a tiny world

@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
 from fastapi.testclient import TestClient
 
+from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
 from terrastill.app.jobs import JobStore, is_job_id, overall_progress
 from terrastill.app.main import create_app
 from terrastill.app.runner import JobRunner
@@ -20,8 +20,12 @@ BODY = {"aois": [AOI_DEFAULT], "date": "2024-06-01", "model": "student"}
 
 def _request(model_file: str = "student.pt") -> dict:
     return {
-        "aois": [{"type": "Polygon", "coordinates": [[[10, 45], [10.05, 45], [10.05, 45.04],
-                                                      [10, 45.04], [10, 45]]]}],
+        "aois": [
+            {
+                "type": "Polygon",
+                "coordinates": [[[10, 45], [10.05, 45], [10.05, 45.04], [10, 45.04], [10, 45]]],
+            }
+        ],
         "bounds": [10, 45, 10.05, 45.04],
         "date": "2024-06-01",
         "model": model_file[:-3],
@@ -78,7 +82,9 @@ def test_restart_resumes_queued_and_requeues_running(tmp_path):
         db.execute("UPDATE jobs SET attempts = 2 WHERE id = ?", (exhausted.id,))
     store.close()
 
-    app = create_app(settings, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
+    app = create_app(
+        settings, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card
+    )
     with TestClient(app) as c:
         for job_id in (queued.id, interrupted.id):
             deadline = time.monotonic() + 20
@@ -136,10 +142,9 @@ def test_model_file_gone_fails_clearly(tmp_path):
 def test_one_server_per_data_dir(tmp_path):
     settings = _settings(tmp_path)
     kw = dict(predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
-    with TestClient(create_app(settings, **kw)):
-        with pytest.raises(BadInputError, match="another terrastill server"):
-            with TestClient(create_app(settings, **kw)):
-                pass
+    second = TestClient(create_app(settings, **kw))
+    with TestClient(create_app(settings, **kw)), pytest.raises(BadInputError, match="another"):
+        second.__enter__()
     with TestClient(create_app(settings, **kw)) as c:  # free again after shutdown
         assert c.get("/api/health").status_code == 200
 
@@ -164,7 +169,10 @@ def dask_client():
 def test_jobs_run_on_a_dask_scheduler(tmp_path, dask_client):
     settings = _settings(tmp_path, scheduler=dask_client.scheduler.address)
     app = create_app(
-        settings, predict_fn=_dask_slow, request_cls=FakeRequest, read_card=fake_card,
+        settings,
+        predict_fn=_dask_slow,
+        request_cls=FakeRequest,
+        read_card=fake_card,
         dask_client=dask_client,
     )
     with TestClient(app) as c:

@@ -4,10 +4,10 @@ the live server (uvicorn on loopback) never answers 5xx and answers as documente
 from __future__ import annotations
 
 import pytest
-from app_support import FakeRequest, fake_card, fake_predict, make_models, running_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app_support import FakeRequest, fake_card, fake_predict, make_models, running_server
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -19,9 +19,14 @@ def test_openapi_schema_is_complete(tmp_path):
     spec = create_app(s, read_card=fake_card).openapi()
     ops = {(m, p) for p, item in spec["paths"].items() for m in item}
     assert ops == {
-        ("get", "/api/health"), ("get", "/api/models"), ("get", "/api/jobs"),
-        ("post", "/api/jobs"), ("get", "/api/jobs/{job_id}"), ("delete", "/api/jobs/{job_id}"),
-        ("get", "/api/jobs/{job_id}/tilejson.json"), ("get", "/api/jobs/{job_id}/tiles/{z}/{x}/{y}.png"),
+        ("get", "/api/health"),
+        ("get", "/api/models"),
+        ("get", "/api/jobs"),
+        ("post", "/api/jobs"),
+        ("get", "/api/jobs/{job_id}"),
+        ("delete", "/api/jobs/{job_id}"),
+        ("get", "/api/jobs/{job_id}/tilejson.json"),
+        ("get", "/api/jobs/{job_id}/tiles/{z}/{x}/{y}.png"),
         ("get", "/api/jobs/{job_id}/download"),
     }
     for path, item in spec["paths"].items():
@@ -41,17 +46,26 @@ def test_no_server_errors_from_generated_requests(tmp_path):
         status_code_conformance,
     )
 
-    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data",
-                 max_aoi_km2=50)
+    s = Settings(
+        models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", max_aoi_km2=50
+    )
     app = create_app(s, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
     with running_server(app) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         strategy = schema.as_strategy()
-        checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-                  response_schema_conformance]
+        checks = [
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ]
 
-        @settings(max_examples=60, deadline=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=60,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(data=st.data())
         def run(data):
             case = data.draw(strategy)

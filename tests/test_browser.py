@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from app_support import (
     CLASS_COLORS,
     FakeRequest,
@@ -22,8 +24,6 @@ from app_support import (
     make_models,
     running_server,
 )
-from PIL import Image
-
 from terrastill.app.main import PACKAGED_STATIC, create_app
 from terrastill.app.settings import Settings
 
@@ -42,7 +42,9 @@ AOI = (10.00, 45.00, 10.06, 45.04)
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)"
+    ),
     pytest.mark.skipif(
         not (PACKAGED_STATIC / "vendor" / "maplibre-gl.js").exists(),
         reason="web map not built: npm ci --prefix web && npm run --prefix web build",
@@ -62,7 +64,9 @@ def _color_share(img: np.ndarray, rgb: tuple[int, int, int], tol: int = 12) -> f
 @pytest.fixture()
 def server(tmp_path):
     settings = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data")
-    app = create_app(settings, predict_fn=_slow_predict, request_cls=FakeRequest, read_card=fake_card)
+    app = create_app(
+        settings, predict_fn=_slow_predict, request_cls=FakeRequest, read_card=fake_card
+    )
     with running_server(app) as url:
         yield url
 
@@ -78,16 +82,20 @@ def test_draw_submit_and_view(server, tmp_path):
             page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
             page.on(
                 "console",
-                lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
-                if msg.type == "error"
-                else None,
+                lambda msg: (
+                    errors.append(f"console.{msg.type}: {msg.text}")
+                    if msg.type == "error"
+                    else None
+                ),
             )
             tile_responses: list[tuple[int, str]] = []
             page.on(
                 "response",
-                lambda r: tile_responses.append((r.status, r.headers.get("content-type", "")))
-                if "/tiles/" in r.url
-                else None,
+                lambda r: (
+                    tile_responses.append((r.status, r.headers.get("content-type", "")))
+                    if "/tiles/" in r.url
+                    else None
+                ),
             )
             cx, cy = (AOI[0] + AOI[2]) / 2, (AOI[1] + AOI[3]) / 2
             page.goto(f"{server}/#12/{cy}/{cx}")

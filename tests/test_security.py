@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
-from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
 from fastapi.testclient import TestClient
 
+from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -67,8 +67,13 @@ def test_every_api_route_needs_the_token(tmp_path):
             for m, p in routes
         }
         assert covered == api_routes
-        for bad in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
+        for bad in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             for method, path in routes:
                 r = c.request(method, path, headers=bad, json=BODY if method == "POST" else None)
                 assert r.status_code == 401, (method, path, bad, r.status_code)
@@ -130,15 +135,27 @@ def test_url_and_path_injection_in_parameters(tmp_path):
         job_id = _done_job(c)
         base = f"/api/jobs/{job_id}"
         real_tile = c.get(f"{base}/tiles/{TILE}.png").content
-        for value in ("../../../../etc/passwd", "/etc/passwd", "file:///etc/passwd",
-                      "http://169.254.169.254/latest/meta-data/", "classes/../../x",
-                      "classes%00", "CLASSES", ""):
+        for value in (
+            "../../../../etc/passwd",
+            "/etc/passwd",
+            "file:///etc/passwd",
+            "http://169.254.169.254/latest/meta-data/",
+            "classes/../../x",
+            "classes%00",
+            "CLASSES",
+            "",
+        ):
             for path in (f"{base}/tiles/{TILE}.png", f"{base}/tilejson.json", f"{base}/download"):
                 r = c.get(path, params={"layer": value})
                 assert r.status_code == 422, (path, value, r.status_code)
         # parameters the API does not know are ignored: the job's own data comes back
-        for extra in ({"url": "file:///etc/passwd"}, {"url": "http://169.254.169.254/"},
-                      {"path": "/etc/passwd"}, {"expression": "b1*0"}, {"tms": "../../x"}):
+        for extra in (
+            {"url": "file:///etc/passwd"},
+            {"url": "http://169.254.169.254/"},
+            {"path": "/etc/passwd"},
+            {"expression": "b1*0"},
+            {"tms": "../../x"},
+        ):
             r = c.get(f"{base}/tiles/{TILE}.png", params=extra)
             assert r.status_code == 200 and r.content == real_tile
             d = c.get(f"{base}/download", params={**extra, "layer": "classes"})
@@ -149,9 +166,11 @@ def test_url_and_path_injection_in_parameters(tmp_path):
         for part in ("-1", "1", "999", "1000", "../x"):
             assert c.get(f"{base}/download", params={"part": part}).status_code in (404, 422)
         # encoded slashes in the tile path do not leave the route
-        for path in (f"{base}/tiles/..%2F..%2F..%2Fetc/passwd.png",
-                     f"{base}/tiles/14/..%2F..%2F/1.png",
-                     f"/api/jobs/{job_id}%2F..%2F..%2F..%2Fetc%2Fpasswd/download"):
+        for path in (
+            f"{base}/tiles/..%2F..%2F..%2Fetc/passwd.png",
+            f"{base}/tiles/14/..%2F..%2F/1.png",
+            f"/api/jobs/{job_id}%2F..%2F..%2F..%2Fetc%2Fpasswd/download",
+        ):
             r = c.get(path)
             assert r.status_code in (404, 422) and b"root:" not in r.content
 
@@ -161,22 +180,30 @@ def test_tampered_result_paths_never_leave_the_job_folder(tmp_path):
     with TestClient(app) as c:
         job_id = _done_job(c)
         store = app.state.services.store
-        for evil in ("../../../../../../etc/passwd", "/etc/passwd", "out/../../../models/student.pt"):
+        for evil in (
+            "../../../../../../etc/passwd",
+            "/etc/passwd",
+            "out/../../../models/student.pt",
+        ):
             with store._tx() as db:
                 db.execute(
                     "UPDATE jobs SET result = ? WHERE id = ?",
                     (json.dumps({"classes": [evil], "truecolor": [evil]}), job_id),
                 )
-            for path in (f"/api/jobs/{job_id}/download", f"/api/jobs/{job_id}/tiles/{TILE}.png",
-                         f"/api/jobs/{job_id}/tilejson.json"):
+            for path in (
+                f"/api/jobs/{job_id}/download",
+                f"/api/jobs/{job_id}/tiles/{TILE}.png",
+                f"/api/jobs/{job_id}/tilejson.json",
+            ):
                 r = c.get(path)
                 assert r.status_code == 404, (evil, path, r.status_code)
                 assert b"root:" not in r.content and b"fake model" not in r.content
 
 
 def test_oversized_aois_and_bodies(tmp_path):
-    with TestClient(_app(tmp_path, max_aoi_km2=100, max_aois=4, max_vertices=100,
-                         max_body_bytes=20_000)) as c:
+    with TestClient(
+        _app(tmp_path, max_aoi_km2=100, max_aois=4, max_vertices=100, max_body_bytes=20_000)
+    ) as c:
         r = c.post("/api/jobs", json={**BODY, "aois": [[9, 44, 11, 46]]})
         assert r.status_code == 422 and "larger than this server's limit" in r.json()["detail"]
         many = [[10 + i * 0.01, 45, 10.005 + i * 0.01, 45.005] for i in range(5)]
@@ -189,8 +216,11 @@ def test_oversized_aois_and_bodies(tmp_path):
         huge = json.dumps({**BODY, "pad": "x" * 50_000}).encode()
         r = c.post("/api/jobs", content=huge, headers={"Content-Type": "application/json"})
         assert r.status_code == 413
-        r = c.post("/api/jobs", content=iter([huge[i:i + 4096] for i in range(0, len(huge), 4096)]),
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/api/jobs",
+            content=iter([huge[i : i + 4096] for i in range(0, len(huge), 4096)]),
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 413
         assert c.get("/api/jobs").json() == []
 
@@ -199,8 +229,10 @@ def test_cors_closed_by_default_and_configurable(tmp_path):
     with TestClient(_app(tmp_path)) as c:
         r = c.get("/api/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
-        pre = c.options("/api/jobs", headers={"Origin": "https://evil.example",
-                                              "Access-Control-Request-Method": "POST"})
+        pre = c.options(
+            "/api/jobs",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
         assert "access-control-allow-origin" not in pre.headers
         assert r.headers["x-content-type-options"] == "nosniff"
         assert "default-src 'self'" in r.headers["content-security-policy"]

@@ -58,7 +58,9 @@ def describe(path: Path, card: Any) -> dict[str, Any]:
         "title": str(get("name", None) or path.stem),
         "task": str(get("task", None) or "unknown"),
         "role": "student" if teacher else "teacher",
-        "classes": [{"id": i, "name": str(n), "color": str(colors[i])} for i, n in enumerate(names)],
+        "classes": [
+            {"id": i, "name": str(n), "color": str(colors[i])} for i, n in enumerate(names)
+        ],
         "input_spec": jsonable(get("input_spec", None) or {}),
         "metrics": jsonable(get("metrics", None) or {}),
         "params": int(params) if params is not None else None,

@@ -5,7 +5,6 @@ be added without it. Jobs are addressed by id only (32 hex digits, checked by th
 the files behind a job are found from the job's own row, never from anything the client sends.
 """
 
-
 import datetime as dt
 import hmac
 import math
@@ -34,7 +33,9 @@ from terrastill.inference.aoi import area_km2, validate_aois
 
 # --- request and response models -----------------------------------------------------------
 Coord = Annotated[float, Field(allow_inf_nan=False)]
-BBox = Annotated[list[Coord], Field(min_length=4, max_length=4, description="minx, miny, maxx, maxy")]
+BBox = Annotated[
+    list[Coord], Field(min_length=4, max_length=4, description="minx, miny, maxx, maxy")
+]
 Position = Annotated[list[Coord], Field(min_length=2, max_length=3)]
 
 
@@ -56,7 +57,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"aois": [[10.0, 45.0, 10.05, 45.05]], "date": "2024-06-01", "model": "student"}]
+            "examples": [
+                {"aois": [[10.0, 45.0, 10.05, 45.05]], "date": "2024-06-01", "model": "student"}
+            ]
         },
     )
     aois: list[BBox] | PolygonGeometry | MultiPolygonGeometry = Field(
@@ -70,7 +73,6 @@ class JobRequest(BaseModel):
     tolerance: Annotated[int, Field(ge=0, le=366)] | None = Field(
         None, description="Days either side of the date; default: the model's."
     )
-
 
     @field_validator("date", mode="before")
     @classmethod
@@ -229,9 +231,7 @@ def build_router(settings: Settings) -> APIRouter:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    router = APIRouter(
-        prefix="/api", dependencies=[Depends(require_token)], responses=_errors(401)
-    )
+    router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=_errors(401))
 
     def services(request: Request) -> Any:
         return request.app.state.services
@@ -297,7 +297,9 @@ def build_router(settings: Settings) -> APIRouter:
                 StageStatus(
                     name=s,
                     state=stage_state(s),  # type: ignore[arg-type]
-                    progress=100.0 if job.status == "done" else round(100 * job.stages.get(s, 0.0), 1),
+                    progress=100.0
+                    if job.status == "done"
+                    else round(100 * job.stages.get(s, 0.0), 1),
                 )
                 for s in STAGES
             ],

@@ -91,7 +91,11 @@ def render_truecolor(paths: Sequence[Path], z: int, x: int, y: int, vmax: float)
 def _info(path: str, mtime: float) -> tuple[tuple[float, float, float, float], int, int]:
     del mtime  # part of the cache key only
     with Reader(path) as src:
-        return tuple(src.get_geographic_bounds(src.tms.rasterio_geographic_crs)), src.minzoom, src.maxzoom  # type: ignore[return-value]
+        return (
+            tuple(src.get_geographic_bounds(src.tms.rasterio_geographic_crs)),
+            src.minzoom,
+            src.maxzoom,
+        )  # type: ignore[return-value]
 
 
 _info_cached = functools.lru_cache(maxsize=256)(_info)
@@ -106,6 +110,11 @@ def products_info(paths: Sequence[Path]) -> tuple[list[float], int, int]:
         minzooms.append(lo)
         maxzooms.append(hi)
     arr = np.array(bounds, dtype=float)
-    box = [float(arr[:, 0].min()), float(arr[:, 1].min()), float(arr[:, 2].max()), float(arr[:, 3].max())]
+    box = [
+        float(arr[:, 0].min()),
+        float(arr[:, 1].min()),
+        float(arr[:, 2].max()),
+        float(arr[:, 3].max()),
+    ]
     # A few levels below the native ones so a small product still shows when zoomed out.
     return box, max(0, min(minzooms) - 4), max(maxzooms)
