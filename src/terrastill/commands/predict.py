@@ -14,8 +14,8 @@ from terrastill.commands.common import ConfigOption, console, handle_errors, set
 def predict(
     model: Path = typer.Argument(..., help="Model file (.pt) from train or distill."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for COGs + sidecar."),
-    bbox: list[float] | None = typer.Option(
-        None, "--bbox", help="minx miny maxx maxy in lon/lat (repeat for several AOIs).",
+    bbox: tuple[float, float, float, float] | None = typer.Option(
+        None, "--bbox", help="minx miny maxx maxy in lon/lat (more AOIs: --aoi files).",
         show_default=False),
     aoi: list[Path] | None = typer.Option(None, "--aoi", help="GeoJSON/GeoParquet AOI file(s)."),
     date: str | None = typer.Option(None, "--date", help="Date of the last time step."),
@@ -71,9 +71,7 @@ def predict(
         raise BadInputError(f"--date {date!r}: expected an ISO date (YYYY-MM-DD)") from None
     aois: list[BaseGeometry] = []
     if bbox:
-        if len(bbox) % 4:
-            raise BadInputError(f"--bbox: expected groups of 4 numbers, got {len(bbox)}")
-        aois += [bbox_aoi(bbox[i:i + 4]) for i in range(0, len(bbox), 4)]
+        aois.append(bbox_aoi(bbox))
     for p in aoi or []:
         aois += file_aois(p)
     req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
