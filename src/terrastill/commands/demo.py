@@ -1,0 +1,66 @@
+"""``terrastill demo``: the whole pipeline on the built-in offline world, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from terrastill.commands.common import ConfigOption, console, handle_errors, setup_logging
+
+
+@handle_errors
+def demo(
+    out: Path = typer.Argument(Path("demo-out"), help="Folder for every stage's output."),
+    task: str = typer.Option("flood", help="World task: flood or landcover."),
+    teacher: str = typer.Option("tiny", help="Registry model for the teacher."),
+    epochs: int = typer.Option(15, help="Teacher epochs."),
+    layers: str = typer.Option("auto", "--layers", help="Student depth: N or auto."),
+    seed: int = typer.Option(0),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes (a smoke run in ~1 min)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the models and map afterwards."),
+    port: int = typer.Option(8000, "--port", help="Port for --serve (loopback)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    config: Path | None = ConfigOption,
+) -> None:
+    """World → chips → teacher → student → prediction COGs (→ web map with --serve).
+
+    Example:
+
+        terrastill demo demo-out --serve
+    """
+    setup_logging(verbose)
+    from rich.table import Table
+
+    from terrastill.demo import DemoOptions, run_demo
+
+    opts = (DemoOptions.quick_options(task=task, seed=seed) if quick else
+            DemoOptions(task=task, teacher=teacher, epochs=epochs, student_layers=layers,
+                        seed=seed))
+    summary = run_demo(out, opts, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
+    table = Table(title=f"demo: {task}")
+    for col in ("model", "params", "MACs/chip", "test mIoU", "test acc"):
+        table.add_column(col)
+    for key in ("teacher", "student"):
+        if key in summary:
+            from terrastill.models.modelfile import read_card
+
+            card = read_card(summary[key]["path"])
+            m = summary[key]["test"]
+            table.add_row(f"{key} ({card.depth} blocks)", f"{card.params:,}",
+                          f"{card.macs / 1e6:.1f} M", f"{m.get('miou', float('nan')):.3f}",
+                          f"{m.get('accuracy', float('nan')):.3f}")
+    console.print(table)
+    for epsg, s in summary["prediction"]["vs_truth"].items():
+        console.print(f"prediction vs truth (EPSG:{epsg}): mIoU {s['miou']:.3f}, "
+                      f"accuracy {s['accuracy']:.3f} over {s['pixels']:,} px")
+    for p in summary["prediction"]["classes"]:
+        console.print(f"[green]prediction COG:[/] {p}")
+    console.print(f"summary: {out / 'summary.json'}")
+    if serve:
+        from terrastill.commands.serve import serve as serve_cmd
+
+        serve_cmd(models=Path(summary["serve_models"]), data=out / "serve",
+                  host="127.0.0.1", port=port, token=None, catalog=summary["catalog"],
+                  workers=1, scheduler=None, cors_origin=[], max_aoi_km2=2500.0,
+                  max_body_bytes=1_000_000, verbose=verbose, config=None)

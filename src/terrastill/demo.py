@@ -1,0 +1,145 @@
+"""The end-to-end demo on the offline world: world → chips → teacher → student → prediction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terrastill.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Sizes of each demo stage; ``quick`` shrinks everything for tests."""
+
+    task: str = "flood"
+    seed: int = 0
+    teacher: str = "tiny"
+    epochs: int = 15
+    distill_epochs: int = 10
+    student_layers: str = "auto"
+    chip_size: int = 32
+    observations: int = 400
+    quick: bool = False
+    world: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick_options(cls, **kw: Any) -> DemoOptions:
+        world = {"tiles_x": 1, "tiles_y": 1, "tile_size": 96, "start": "2024-06-01",
+                 "end": "2024-08-31", "revisit": 4, "flood_date": "2024-07-20"}
+        base = {"epochs": 2, "distill_epochs": 1, "chip_size": 16, "observations": 80,
+                "student_layers": "1", "quick": True, "world": world}
+        base.update(kw)
+        return cls(**base)
+
+
+def run_demo(out: Path, opts: DemoOptions,
+             say: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Run (or resume) every stage under ``out``; returns the summary also written to
+    ``out/summary.json``. A finished stage is skipped when the demo is run again."""
+    from terrastill.data.build import ChipJob, make_chips
+    from terrastill.data.chips import ReadOptions
+    from terrastill.data.observations import ObservationOptions
+    from terrastill.data.temporal import TemporalOptions
+    from terrastill.inference.aoi import bbox_aoi
+    from terrastill.inference.predict import PredictRequest, predict
+    from terrastill.inference.truth import compare_to_reference
+    from terrastill.world.build import build_world, load_manifest
+    from terrastill.world.config import WorldConfig
+
+    out = Path(out)
+    summary: dict[str, Any] = {"task": opts.task}
+
+    # 1. world
+    world_dir = out / "world"
+    if not (world_dir / "world.json").exists():
+        say("[1/5] building the offline demo world")
+        build_world(world_dir, WorldConfig(seed=opts.seed, observations=opts.observations,
+                                           **opts.world))
+    world = load_manifest(world_dir)
+    task = world["tasks"][opts.task]
+    summary["world"] = str(world_dir / "world.json")
+
+    # 2. chips
+    chips_dir = out / "chips" / opts.task
+    if not (chips_dir / "dataset.json").exists():
+        say("[2/5] making chips from the field observations")
+    t = TemporalOptions(num_steps=3, temporal_step=14 if not opts.quick else 8,
+                        temporal_tolerance=7 if not opts.quick else 4, max_cloud=60)
+    job = ChipJob(read=ReadOptions(source=world["source"], temporal=t),
+                  chip_size=opts.chip_size, min_valid=0.3, label_window=3,
+                  split_block=3000 if not opts.quick else 600, seed=opts.seed)
+    res = make_chips(task["observations"], chips_dir, world["catalog"], job,
+                     ObservationOptions(classes=task["classes"]), command="terrastill demo")
+    summary["chips"] = {"path": str(chips_dir), **res.dataset["counts"]}
+
+    # 3. teacher
+    from terrastill.training.train import TrainOptions, evaluate, fit
+
+    teacher = out / "models" / "teacher" / "model.pt"
+    if not teacher.exists():
+        say(f"[3/5] fine-tuning the teacher ({opts.teacher}, {opts.epochs} epochs)")
+        fit(chips_dir, teacher.parent, TrainOptions(model=opts.teacher, epochs=opts.epochs,
+                                                    seed=opts.seed, name=f"{opts.task}-teacher",
+                                                    progress=False))
+    summary["teacher"] = {"path": str(teacher), "test": evaluate(teacher, chips_dir, "test")}
+
+    # 4. student
+    student = out / "models" / "student" / "model.pt"
+    try:
+        from terrastill.training.distill import DistillOptions, distill
+    except ImportError:  # distillation not available in this build
+        student = None
+    if student is not None:
+        if not student.exists():
+            say(f"[4/5] distilling a student (layers {opts.student_layers})")
+            distill(teacher, chips_dir, student.parent,
+                    DistillOptions(layers=opts.student_layers, epochs=opts.distill_epochs,
+                                   seed=opts.seed, progress=False))
+        summary["student"] = {"path": str(student),
+                              "test": evaluate(student, chips_dir, "test")}
+
+    # the service lists model files at the top of one folder
+    served = out / "serve-models"
+    served.mkdir(parents=True, exist_ok=True)
+    for key, path in (("teacher", teacher), ("student", student)):
+        if path is not None and path.exists():
+            target = served / f"{opts.task}-{key}.pt"
+            target.unlink(missing_ok=True)
+            shutil.copyfile(path, target)
+    summary["serve_models"] = str(served)
+    summary["catalog"] = world["catalog"]
+
+    # 5. prediction over the whole world on a date after the flood, scored against truth
+    model = student or teacher
+    date = dt.date.fromisoformat(task.get("date") or world["end"]) + dt.timedelta(days=12)
+    date = min(date, dt.date.fromisoformat(world["end"]))
+    pred_dir = out / "predictions"
+    say(f"[5/5] predicting {opts.task} on {date} over the world with the "
+        f"{'student' if student else 'teacher'}")
+    bbox = world["bbox"]
+    result = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
+                                    out_dir=pred_dir, catalog=world["catalog"],
+                                    name=f"{opts.task}_{date:%Y%m%d}"))
+    truth_scores = {}
+    if opts.task == "flood" or dt.date.fromisoformat(task.get("date", str(date))) <= date:
+        for cog in result.classes:
+            epsg = cog.name.split("_")[-2]
+            if epsg in task["truth"]:
+                truth_scores[epsg] = compare_to_reference(cog, Path(task["truth"][epsg]),
+                                                          task["classes"])
+    summary["prediction"] = {"date": date.isoformat(), "classes": [str(p) for p in
+                                                                   result.classes],
+                             "truecolor": [str(p) for p in result.truecolor],
+                             "sidecar": str(result.sidecar), "timings": result.timings,
+                             "vs_truth": truth_scores}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
