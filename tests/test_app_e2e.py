@@ -155,3 +155,50 @@ def test_real_prediction_job_and_tiles(small_world, flood_model, tmp_path):
         assert same_as_product / n >= 0.97, same_as_product / n
         # and mostly the truth: a few epochs of a tiny model on a tiny world
         assert agree_truth / n >= 0.85, agree_truth / n
+
+
+def test_real_job_on_a_dask_scheduler(small_world, flood_model, tmp_path):
+    """--scheduler: the same job, its predict call submitted to a Dask scheduler."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        settings = Settings(
+            models_dir=flood_model,
+            data_dir=tmp_path / "serve",
+            catalog=small_world["catalog"],
+            scheduler=cluster.scheduler_address,
+        )
+        with running_server(create_app(settings, dask_client=client)) as url:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                assert http.get("/api/health").json()["runner"].startswith("dask")
+                small = [11.992, 45.296, 11.998, 45.300]
+                body = {"aois": [small], "date": small_world["flood_date"], "model": "flood"}
+                job_id = http.post("/api/jobs", json=body).json()["id"]
+                deadline = time.monotonic() + 300
+                while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline, st
+                    time.sleep(0.1)
+                assert st["status"] == "done", st
+                t = TMS.tile((small[0] + small[2]) / 2, (small[1] + small[3]) / 2, 15)
+                r = http.get(f"/api/jobs/{job_id}/tiles/15/{t.x}/{t.y}.png?layer=classes")
+                px = np.array(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+                assert (px[..., 3] == 255).mean() > 0.05  # the AOI covers part of the tile
+                # a date without imagery fails with the predict step's own message
+                body["date"] = "2023-01-01"
+                job_id = http.post("/api/jobs", json=body).json()["id"]
+                while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline, st
+                    time.sleep(0.1)
+                assert st["status"] == "failed" and "no HLS item" in st["error"], st
+    finally:
+        client.close()
+        cluster.close()

@@ -181,6 +181,9 @@ class JobRunner:
                 self._cancel[job_id] = cancel
             try:
                 self._run(job, cancel)
+            except Exception as exc:  # the store or file system failed: keep the worker alive
+                log.error("job %s: runner error", job_id, exc_info=exc)
+                self.store.finish(job_id, "failed", error=f"internal error: {exc}")
             finally:
                 with self._lock:
                     self._cancel.pop(job_id, None)
@@ -293,6 +296,7 @@ class JobRunner:
         var = Variable(f"terrastill-progress-{job.id}", client=client)
         remote_cancel = Event(f"terrastill-cancel-{job.id}", client=client)
         remote_cancel.clear()
+        var.set({})  # set before the task starts, so reading it never waits
         future = client.submit(
             dask_predict_task,
             predict_fn,
@@ -309,11 +313,7 @@ class JobRunner:
                     pass
                 if cancel.is_set():
                     remote_cancel.set()
-                try:
-                    stages = var.get(timeout=0.05)
-                except TimeoutError:
-                    continue
-                for stage, fraction in stages.items():
+                for stage, fraction in (var.get() or {}).items():
                     progress(stage, fraction)
         finally:
             if not future.done():

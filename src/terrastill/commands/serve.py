@@ -28,7 +28,7 @@ def serve(
         show_default=False,
     ),
     catalog: str | None = typer.Option(
-        None, "--catalog", help="Catalogue URL or path for predictions [the model's default]."
+        None, "--catalog", help="Catalogue URL or path for predictions (default: the model's)."
     ),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Jobs run at once."),
     scheduler: str | None = typer.Option(
