@@ -76,6 +76,8 @@ def test_real_prediction_job_and_tiles(small_world, flood_model, tmp_path):
     )
     app = create_app(settings)
     with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        home = http.get("/api/health").json()["home"]
+        assert home == pytest.approx(small_world["bbox"], abs=0.01)  # where the map opens
         model = http.get("/api/models").json()[0]
         assert model["name"] == "flood" and [c["name"] for c in model["classes"]] == [
             "land",
@@ -171,34 +173,34 @@ def test_real_job_on_a_dask_scheduler(small_world, flood_model, tmp_path):
             catalog=small_world["catalog"],
             scheduler=cluster.scheduler_address,
         )
-        with running_server(create_app(settings, dask_client=client)) as url:
-            with httpx.Client(base_url=url, timeout=60) as http:
-                assert http.get("/api/health").json()["runner"].startswith("dask")
-                small = [11.992, 45.296, 11.998, 45.300]
-                body = {"aois": [small], "date": small_world["flood_date"], "model": "flood"}
-                job_id = http.post("/api/jobs", json=body).json()["id"]
-                deadline = time.monotonic() + 300
-                while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
-                    "queued",
-                    "running",
-                ):
-                    assert time.monotonic() < deadline, st
-                    time.sleep(0.1)
-                assert st["status"] == "done", st
-                t = TMS.tile((small[0] + small[2]) / 2, (small[1] + small[3]) / 2, 15)
-                r = http.get(f"/api/jobs/{job_id}/tiles/15/{t.x}/{t.y}.png?layer=classes")
-                px = np.array(Image.open(io.BytesIO(r.content)).convert("RGBA"))
-                assert (px[..., 3] == 255).mean() > 0.05  # the AOI covers part of the tile
-                # a date without imagery fails with the predict step's own message
-                body["date"] = "2023-01-01"
-                job_id = http.post("/api/jobs", json=body).json()["id"]
-                while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
-                    "queued",
-                    "running",
-                ):
-                    assert time.monotonic() < deadline, st
-                    time.sleep(0.1)
-                assert st["status"] == "failed" and "no HLS item" in st["error"], st
+        app = create_app(settings, dask_client=client)
+        with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+            assert http.get("/api/health").json()["runner"].startswith("dask")
+            small = [11.992, 45.296, 11.998, 45.300]
+            body = {"aois": [small], "date": small_world["flood_date"], "model": "flood"}
+            job_id = http.post("/api/jobs", json=body).json()["id"]
+            deadline = time.monotonic() + 300
+            while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
+                "queued",
+                "running",
+            ):
+                assert time.monotonic() < deadline, st
+                time.sleep(0.1)
+            assert st["status"] == "done", st
+            t = TMS.tile((small[0] + small[2]) / 2, (small[1] + small[3]) / 2, 15)
+            r = http.get(f"/api/jobs/{job_id}/tiles/15/{t.x}/{t.y}.png?layer=classes")
+            px = np.array(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+            assert (px[..., 3] == 255).mean() > 0.05  # the AOI covers part of the tile
+            # a date without imagery fails with the predict step's own message
+            body["date"] = "2023-01-01"
+            job_id = http.post("/api/jobs", json=body).json()["id"]
+            while (st := http.get(f"/api/jobs/{job_id}").json())["status"] in (
+                "queued",
+                "running",
+            ):
+                assert time.monotonic() < deadline, st
+                time.sleep(0.1)
+            assert st["status"] == "failed" and "no HLS item" in st["error"], st
     finally:
         client.close()
         cluster.close()

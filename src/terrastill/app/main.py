@@ -23,6 +23,7 @@ from terrastill.app.registry import CardReader, ModelRegistry
 from terrastill.app.routes import build_router
 from terrastill.app.runner import JobRunner, PredictFn
 from terrastill.app.settings import Settings
+from terrastill.catalog.local import LocalCatalog
 from terrastill.errors import BadInputError, TerrastillError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,41 @@ class Services:
     runner: JobRunner
     registry: ModelRegistry
     web_map: bool
+    catalog: str | None = None
+    _home: list[float] | None = None
+    _home_done: bool = False
+
+    def home(self) -> list[float] | None:
+        """Lon/lat extent of the imagery (local catalogue: the server's, else the models'),
+        so the web map can open where predictions are possible; None when unknown."""
+        if not self._home_done:
+            locations = [self.catalog] + [
+                m["input_spec"].get("catalog") for m in self.registry.list()
+            ]
+            self._home = catalog_extent([str(loc) for loc in locations if loc])
+            self._home_done = True
+        return self._home
+
+
+def catalog_extent(locations: list[str]) -> list[float] | None:
+    """Union of the item bboxes of the first readable local catalogue (STAC APIs skipped)."""
+    for loc in locations:
+        if loc.startswith(("http://", "https://")):
+            continue
+        try:
+            items = LocalCatalog(loc).items
+        except (TerrastillError, OSError) as exc:
+            log.warning("catalogue %s: no extent (%s)", loc, exc)
+            continue
+        boxes = [it.bbox for it in items if it.bbox]
+        if boxes:
+            return [
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            ]
+    return None
 
 
 class BodyLimit:
@@ -159,6 +195,7 @@ def create_app(
             runner=runner,
             registry=ModelRegistry(settings.models_dir, read_card),
             web_map=web_map,
+            catalog=settings.catalog,
         )
         runner.start()
         try:

@@ -153,6 +153,9 @@ class Health(BaseModel):
     runner: str
     web_map: bool
     auth: bool
+    home: list[float] | None = Field(
+        None, description="Lon/lat extent of the imagery, where the map opens."
+    )
 
 
 class ErrorMessage(BaseModel):
@@ -329,6 +332,7 @@ def build_router(settings: Settings) -> APIRouter:
             runner=svc.runner.scheduler,
             web_map=svc.web_map,
             auth=settings.token is not None,
+            home=svc.home(),
         )
 
     @router.get("/models", response_model=list[ModelInfo], summary="Models this server offers")

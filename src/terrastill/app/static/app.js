@@ -6,6 +6,8 @@
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "terrastill-token";
   const POLL_MS = 800;
+  // A map position given in the URL (#zoom/lat/lon) wins over "open where the data is".
+  const HASH_GIVEN = location.hash.length > 1;
 
   if (typeof maplibregl === "undefined") {
     $("no-maplibre").hidden = false;
@@ -121,6 +123,9 @@
     map.addSource("graticule", { type: "geojson", data: graticule() });
     map.addLayer({ id: "graticule", type: "line", source: "graticule",
       paint: { "line-color": "#2f3d4b", "line-width": 1 } });
+    map.addSource("home", { type: "geojson", data: emptyFC() });
+    map.addLayer({ id: "home", type: "line", source: "home",
+      paint: { "line-color": "#8a99a8", "line-width": 1.5, "line-dasharray": [4, 3] } });
     map.addSource("job-aoi", { type: "geojson", data: emptyFC() });
     map.addLayer({ id: "job-aoi", type: "line", source: "job-aoi",
       paint: { "line-color": "#ffd166", "line-width": 1.5, "line-dasharray": [2, 2] } });
@@ -133,8 +138,8 @@
     map.addLayer({ id: "handles", type: "circle", source: "handles",
       paint: { "circle-radius": 5, "circle-color": "#ffffff", "circle-stroke-color": "#3fa7ff", "circle-stroke-width": 2 } });
     renderBoxes();
-    refreshJobs(true).catch(showError);
   });
+  const mapLoaded = new Promise((resolve) => map.once("load", resolve));
   map.on("moveend", () => {
     const src = map.getSource("graticule");
     if (src) src.setData(graticule());
@@ -386,9 +391,10 @@
     state.jobs = await api("api/jobs?limit=50");
     if (first && !state.selected && state.jobs.length) {
       state.selected = state.jobs[0].id;
-      pollSelected(!location.hash || location.hash === "#");
+      pollSelected(!HASH_GIVEN);
       return;
     }
+    if (first) goHome();
     renderJobList();
   }
 
@@ -576,8 +582,26 @@
   async function start() {
     const health = await api("api/health");
     $("health").textContent = `v${health.version} · ${health.runner}`;
+    state.home = health.home;
     await loadModels();
-    if (map.loaded()) await refreshJobs(true);
+    await mapLoaded;
+    showHome();
+    await refreshJobs(true);
+  }
+
+  function showHome() {
+    if (!state.home || !map.getSource("home")) return;
+    map.getSource("home").setData({ type: "Feature", properties: {},
+      geometry: { type: "Polygon", coordinates: boxPolygon(state.home) } });
+    $("home-hint").hidden = false;
+  }
+
+  function goHome() {
+    // No position in the URL and no job to show: open over the imagery the server knows.
+    if (state.homeDone || !state.home || HASH_GIVEN) return;
+    state.homeDone = true;
+    const [x0, y0, x1, y1] = state.home;
+    map.fitBounds([[x0, y0], [x1, y1]], { padding: 40, duration: 0 });
   }
 
   $("date-input").value = new Date().toISOString().slice(0, 10);
