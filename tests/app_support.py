@@ -21,6 +21,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from shapely.ops import unary_union
 
+from terrastill.app.tiles import hex_to_rgba
+from terrastill.data.grid import utm_epsg
 from terrastill.errors import NoImageryError, TerrastillError
 
 STAGES = ("fetch imagery", "predict", "write COG")
@@ -82,11 +84,6 @@ def make_models(folder: Path) -> Path:
     return folder
 
 
-def _utm_epsg(lon: float, lat: float) -> int:
-    zone = int((lon + 180) // 6) + 1
-    return (32600 if lat >= 0 else 32700) + zone
-
-
 def _write_cog(path: Path, data: np.ndarray, crs: int, transform: Any, nodata: float) -> None:
     profile = {
         "driver": "COG",
@@ -126,7 +123,7 @@ def fake_predict(
             time.sleep(delay)
     union = unary_union(request.aois)
     cx, cy = union.centroid.x, union.centroid.y
-    epsg = _utm_epsg(cx, cy)
+    epsg = utm_epsg(cx, cy)
     left, bottom, right, top = transform_bounds("EPSG:4326", f"EPSG:{epsg}", *union.bounds)
     res = 20.0
     left, top = np.floor(left / res) * res, np.ceil(top / res) * res
@@ -185,5 +182,4 @@ def running_server(app: Any) -> Iterator[str]:
 
 
 def hex_rgb(color: str) -> tuple[int, int, int]:
-    h = color.lstrip("#")
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+    return hex_to_rgba(color)[:3]
