@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +23,14 @@ from shapely.ops import unary_union
 from terrastill.app.tiles import hex_to_rgba
 from terrastill.data.grid import utm_epsg
 from terrastill.errors import NoImageryError, TerrastillError
+from terrastill.inference.predict import PredictRequest, PredictResult
+
+__all__ = ["PredictRequest", "PredictResult"]  # re-exported for the app tests
 
 STAGES = ("fetch imagery", "predict", "write COG")
 CLASS_COLORS = ["#e8e3c8", "#1f78b4"]
 CLASS_NAMES = ["dry", "flooded"]
 AOI_DEFAULT = [10.00, 45.00, 10.06, 45.04]
-
-
-@dataclass
-class FakeRequest:
-    model: Path
-    aois: list[Any]
-    date: Any
-    out_dir: Path
-    catalog: str | None = None
-    max_cloud: float | None = None
-    tolerance: int | None = None
-    overlap: float = 0.25
-    precision: str = "auto"
-    batch_size: int = 8
-    write_probabilities: bool = False
-    max_area_km2: float = 5000.0
-
-
-@dataclass
-class FakeResult:
-    classes: list[Path]
-    probabilities: list[Path] = field(default_factory=list)
-    truecolor: list[Path] = field(default_factory=list)
-    sidecar: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class FakeCancelled(TerrastillError):
@@ -107,7 +84,7 @@ def fake_predict(
     cancel: threading.Event | None = None,
     delay: float = 0.0,
     fail: str | None = None,
-) -> FakeResult:
+) -> PredictResult:
     """Reports the three stages, honours ``cancel``, writes classes + true-colour COGs."""
     t0 = time.perf_counter()
     if fail == "noimagery":
@@ -145,7 +122,7 @@ def fake_predict(
     _write_cog(tpath, rgb, epsg, transform, float("nan"))
     sidecar = out / "prediction.json"
     sidecar.write_text('{"model": "fake"}')
-    return FakeResult(
+    return PredictResult(
         classes=[cpath],
         truecolor=[tpath],
         sidecar=sidecar,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from app_support import (
     CLASS_COLORS,
-    FakeRequest,
+    PredictRequest,
     fake_card,
     fake_predict,
     hex_rgb,
@@ -45,7 +45,7 @@ def make_app(tmp_path, predict=None, **settings):
         models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **settings
     )
     return create_app(
-        s, predict_fn=predict or _predict(), request_cls=FakeRequest, read_card=fake_card
+        s, predict_fn=predict or _predict(), request_cls=PredictRequest, read_card=fake_card
     )
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
+from app_support import AOI_DEFAULT, PredictRequest, fake_card, fake_predict, make_models
 from terrastill.app.jobs import JobStore, is_job_id, overall_progress
 from terrastill.app.main import create_app
 from terrastill.app.runner import JobRunner
@@ -83,7 +83,7 @@ def test_restart_resumes_queued_and_requeues_running(tmp_path):
     store.close()
 
     app = create_app(
-        settings, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card
+        settings, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card
     )
     with TestClient(app) as c:
         for job_id in (queued.id, interrupted.id):
@@ -107,7 +107,7 @@ def test_graceful_stop_puts_running_job_back(tmp_path):
         started.set()
         return fake_predict(request, progress, cancel, delay=0.2)
 
-    runner = JobRunner(settings, store, slow, FakeRequest)
+    runner = JobRunner(settings, store, slow, PredictRequest)
     runner.start()
     job = store.create(_request())
     runner.submit(job.id)
@@ -115,7 +115,7 @@ def test_graceful_stop_puts_running_job_back(tmp_path):
     runner.stop()
     after = store.get(job.id)
     assert after.status == "queued" and after.attempts == 0 and "resumes" in after.note
-    runner = JobRunner(settings, store, fake_predict, FakeRequest)
+    runner = JobRunner(settings, store, fake_predict, PredictRequest)
     runner.start()
     try:
         assert _wait(store, job.id) == "done"
@@ -127,7 +127,7 @@ def test_graceful_stop_puts_running_job_back(tmp_path):
 def test_model_file_gone_fails_clearly(tmp_path):
     settings = _settings(tmp_path)
     store = JobStore(settings.db_path)
-    runner = JobRunner(settings, store, fake_predict, FakeRequest)
+    runner = JobRunner(settings, store, fake_predict, PredictRequest)
     runner.start()
     try:
         job = store.create(_request("vanished.pt"))
@@ -141,7 +141,7 @@ def test_model_file_gone_fails_clearly(tmp_path):
 
 def test_one_server_per_data_dir(tmp_path):
     settings = _settings(tmp_path)
-    kw = dict(predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
+    kw = dict(predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
     second = TestClient(create_app(settings, **kw))
     with TestClient(create_app(settings, **kw)), pytest.raises(BadInputError, match="another"):
         second.__enter__()
@@ -171,7 +171,7 @@ def test_jobs_run_on_a_dask_scheduler(tmp_path, dask_client):
     app = create_app(
         settings,
         predict_fn=_dask_slow,
-        request_cls=FakeRequest,
+        request_cls=PredictRequest,
         read_card=fake_card,
         dask_client=dask_client,
     )

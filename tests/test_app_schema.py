@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app_support import FakeRequest, fake_card, fake_predict, make_models, running_server
+from app_support import PredictRequest, fake_card, fake_predict, make_models, running_server
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -49,7 +49,7 @@ def test_no_server_errors_from_generated_requests(tmp_path):
     s = Settings(
         models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", max_aoi_km2=50
     )
-    app = create_app(s, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
+    app = create_app(s, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
     with running_server(app) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         strategy = schema.as_strategy()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app_support import (
     CLASS_COLORS,
-    FakeRequest,
+    PredictRequest,
     fake_card,
     fake_predict,
     hex_rgb,
@@ -65,7 +65,7 @@ def _color_share(img: np.ndarray, rgb: tuple[int, int, int], tol: int = 12) -> f
 def server(tmp_path):
     settings = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data")
     app = create_app(
-        settings, predict_fn=_slow_predict, request_cls=FakeRequest, read_card=fake_card
+        settings, predict_fn=_slow_predict, request_cls=PredictRequest, read_card=fake_card
     )
     with running_server(app) as url:
         yield url

@@ -9,7 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app_support import AOI_DEFAULT, FakeRequest, fake_card, fake_predict, make_models
+from app_support import AOI_DEFAULT, PredictRequest, fake_card, fake_predict, make_models
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -20,7 +20,7 @@ TILE = "14/8648/5892"  # over AOI_DEFAULT
 
 def _app(tmp_path, **kw):
     s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **kw)
-    return create_app(s, predict_fn=fake_predict, request_cls=FakeRequest, read_card=fake_card)
+    return create_app(s, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
 
 
 def _done_job(c: TestClient, headers: dict | None = None) -> str:
