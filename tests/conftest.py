@@ -34,3 +34,28 @@ def small_world(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("world")
     build_world(out, small_world_config(bad_rows=True))
     return load_manifest(out)
+
+
+@pytest.fixture(scope="session")
+def flood_dataset(small_world, tmp_path_factory) -> Path:
+    """Chips of the small world's flood task (16 px, 2 steps), made once."""
+    from terrastill.data.build import ChipJob, make_chips
+    from terrastill.data.chips import ReadOptions
+    from terrastill.data.observations import ObservationOptions
+    from terrastill.data.temporal import TemporalOptions
+
+    out = tmp_path_factory.mktemp("flood-chips") / "ds"
+    job = ChipJob(read=ReadOptions(temporal=TemporalOptions(2, 9, 4, 60)), chip_size=16,
+                  min_valid=0.3, label_window=3, split_block=1000)
+    make_chips(small_world["tasks"]["flood"]["observations"], out, small_world["catalog"], job,
+               ObservationOptions(classes=["land", "water"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def flood_model(flood_dataset, tmp_path_factory) -> Path:
+    """A tiny flood teacher trained for a few epochs on ``flood_dataset``."""
+    from terrastill.training.train import TrainOptions, fit
+
+    out = tmp_path_factory.mktemp("flood-model")
+    return fit(flood_dataset, out, TrainOptions(model="tiny", epochs=12, seed=0, progress=False))

@@ -447,9 +447,9 @@ def _run_batches(client: Any, batches: list[list[GridSpec]], model_path: str, da
         return
     ahead = max(2, 2 * len(client.scheduler_info().get("workers", {})))
     futures: list[Any] = []
-    scattered = client.scatter(items, broadcast=True)
     for grids in batches:
-        futures.append((grids, client.submit(infer_windows, model_path, grids, date, scattered,
+        sub = items_over(items, _union_grid(grids))  # only the items this batch can touch
+        futures.append((grids, client.submit(infer_windows, model_path, grids, date, sub,
                                              read, bf16, pure=False)))
         if len(futures) >= ahead:
             g, f = futures.pop(0)

@@ -1,0 +1,256 @@
+"""``terrastill predict``: grid alignment, COGs, seams, truth agreement, bad input, cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+from typer.testing import CliRunner
+
+from terrastill.cli import app
+from terrastill.errors import BadInputError, NoImageryError, OutputError, SpecMismatchError
+from terrastill.inference.aoi import bbox_aoi
+from terrastill.inference.blend import StripAccumulator, window_weight
+from terrastill.inference.predict import Cancelled, PredictRequest, predict
+from terrastill.inference.truth import compare_to_reference
+
+runner = CliRunner()
+
+
+def after_flood(world: dict) -> dt.date:
+    return dt.date.fromisoformat(world["tasks"]["flood"]["date"]) + dt.timedelta(days=6)
+
+
+@pytest.fixture(scope="module")
+def product(small_world, flood_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred")
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=out,
+                         catalog=small_world["catalog"], overlap=0.5,
+                         write_probabilities=True)
+    return predict(req)
+
+
+def test_products_are_valid_cogs_per_zone_with_a_sidecar(product):
+    assert len(product.classes) == 2  # the world straddles two UTM zones
+    for p in product.classes + product.probabilities + product.truecolor:
+        assert cog_validate(str(p), quiet=True)[0], p
+    with rasterio.open(product.classes[0]) as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+        assert src.colormap(1)[1][:3] != src.colormap(1)[0][:3]
+        classes = set(np.unique(src.read(1)))
+    assert classes <= {0, 1, 255} and {0, 1} <= classes
+    side = json.loads(product.sidecar.read_text())
+    assert side["items"] and side["acquisition_dates"] and side["parameters"]["overlap"] == 0.5
+    assert side["timings"]["inference"] > 0 and side["windows"] == product.windows
+
+
+def test_prediction_grid_is_aligned_with_the_source_imagery(product, small_world):
+    for cog in product.classes:
+        with rasterio.open(cog) as pred:
+            epsg, t = pred.crs.to_epsg(), pred.transform
+        tiles = [tile for tile in small_world["tiles"] if tile["epsg"] == epsg]
+        assert tiles
+        for tile in tiles:
+            st = tile["transform"]
+            assert t.a == st[0] and t.e == st[4]
+            # same pixel phase: the origins differ by a whole number of pixels
+            assert ((t.c - st[2]) / st[0]) % 1 == 0 and ((t.f - st[5]) / st[4]) % 1 == 0
+
+
+def test_prediction_reproduces_the_truth(product, small_world):
+    """Dense truth, although the model only ever saw point labels (pixel-weighted over zones)."""
+    truth = small_world["tasks"]["flood"]["truth"]
+    scores = [compare_to_reference(cog, Path(truth[cog.name.split("_")[-2]]), ["land", "water"])
+              for cog in product.classes]
+    n = sum(s["pixels"] for s in scores)
+    assert n > 5000
+    miou = sum(s["miou"] * s["pixels"] for s in scores) / n
+    accuracy = sum(s["accuracy"] * s["pixels"] for s in scores) / n
+    assert miou > 0.75 and accuracy > 0.93, scores
+
+
+def test_overlap_blending_leaves_no_seams(product):
+    """Probability jumps across window borders are no larger than elsewhere."""
+    side = json.loads(product.sidecar.read_text())
+    size = 16
+    stride = int(round(size * (1 - side["parameters"]["overlap"])))
+    for probs in product.probabilities:
+        with rasterio.open(probs) as src:
+            p = src.read(2).astype(float)  # water probability (percent)
+            valid = p != 255
+        diffs = np.abs(np.diff(p, axis=1))
+        ok = valid[:, 1:] & valid[:, :-1]
+        width = p.shape[1]
+        starts = list(range(0, max(1, width - size + 1), stride))
+        borders = {s + size for s in starts if 0 < s + size < width} | {s for s in starts if s}
+        is_border = np.zeros(width - 1, dtype=bool)
+        for b in borders:
+            is_border[b - 1] = True
+        at_border = diffs[:, is_border][ok[:, is_border]]
+        elsewhere = diffs[:, ~is_border][ok[:, ~is_border]]
+        assert at_border.size > 50 and elsewhere.size > 50
+        assert at_border.mean() <= 1.5 * elsewhere.mean() + 1.0, (at_border.mean(),
+                                                                  elsewhere.mean())
+
+
+def test_strip_accumulator_equals_a_full_array_blend():
+    rng = np.random.default_rng(0)
+    h, w, size, stride = 40, 37, 16, 8
+    full_v = np.zeros((2, h, w), np.float32)
+    full_w = np.zeros((h, w), np.float32)
+    got_v = np.zeros((2, h, w), np.float32)
+    got_w = np.zeros((h, w), np.float32)
+
+    def flush(row0, values, weights):
+        n = min(values.shape[1], h - row0)
+        got_v[:, row0:row0 + n] = values[:, :n]
+        got_w[row0:row0 + n] = weights[:n]
+
+    acc = StripAccumulator(2, w, h, size, flush)
+    weight = window_weight(size)
+    rows = [*range(0, h - size + 1, stride), h - size]
+    cols = [*range(0, w - size + 1, stride), w - size]
+    for r in sorted(set(rows)):
+        for c in sorted(set(cols)):
+            v = rng.random((2, size, size)).astype(np.float32)
+            acc.add(r, c, v, weight)
+            full_v[:, r:r + size, c:c + size] += v * weight
+            full_w[r:r + size, c:c + size] += weight
+    acc.close()
+    assert acc.values.shape[1] == size  # memory: one window height, whatever the grid
+    np.testing.assert_allclose(got_v, full_v, rtol=1e-5)
+    np.testing.assert_allclose(got_w, full_w, rtol=1e-5)
+
+
+def test_predict_every_chip_of_a_dataset(flood_model, flood_dataset, tmp_path):
+    res = runner.invoke(app, ["predict", str(flood_model), "--chips", str(flood_dataset),
+                              "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "p").glob("*.tif"))
+    assert len(files) == len(list((flood_dataset / "chips").glob("*.tif")))
+    with rasterio.open(files[0]) as a, rasterio.open(flood_dataset / "chips" / files[0].name) as b:
+        assert a.transform == b.transform and a.crs == b.crs
+
+
+def _cli(model: Path, world: dict, out: Path, *extra: str):
+    return runner.invoke(app, ["predict", str(model), "--catalog", world["catalog"], "--out",
+                               str(out), *extra])
+
+
+BAD = {
+    "inverted bbox": (["--bbox", "12.1", "45.2", "12.0", "45.3", "--date", "2024-06-26"],
+                      "empty or inverted"),
+    "bbox out of range": (["--bbox", "190", "45.2", "191", "45.3", "--date", "2024-06-26"],
+                          "outside lon"),
+    "too large": (["--bbox", "11", "44", "13", "46", "--date", "2024-06-26"],
+                  "exceeds the limit"),
+    "bad date": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "26/06/2024"],
+                 "expected an ISO date"),
+    "no date": (["--bbox", "11.97", "45.29", "12.0", "45.3"], "--date is required"),
+    "no imagery": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2023-01-10"],
+                   "no acquisition within ±60 days"),
+    "no aoi": (["--date", "2024-06-26"], "no area of interest"),
+    "bad precision": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2024-06-26",
+                       "--precision", "fp8"], "--precision"),
+    "bad overlap": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2024-06-26",
+                     "--overlap", "1.5"], "--overlap"),
+    "aoi file missing": (["--aoi", "/nonexistent/aoi.geojson", "--date", "2024-06-26"],
+                         "AOI file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exits_2_and_writes_nothing(case, flood_model, small_world, tmp_path):
+    args, expected = BAD[case]
+    out = tmp_path / "out"
+    res = _cli(flood_model, small_world, out, *args)
+    assert res.exit_code == 2, res.output
+    assert expected in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_imagery_names_the_nearest_acquisitions(flood_model, small_world, tmp_path):
+    start = dt.date.fromisoformat(small_world["start"])
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=start - dt.timedelta(days=20), out_dir=tmp_path,
+                         catalog=small_world["catalog"], tolerance=2)
+    with pytest.raises(NoImageryError, match="nearest acquisitions: 2024-05"):
+        predict(req)
+
+
+def test_model_and_catalogue_sources_must_match(flood_model, small_world, tmp_path):
+    cat = json.loads(Path(small_world["catalog"]).read_text())
+    for f in cat["features"]:
+        f["collection"] = "sentinel-2-l2a"
+        for a in f["assets"].values():
+            a["href"] = str(Path(small_world["catalog"]).parent / a["href"])
+    other = tmp_path / "s2.json"
+    other.write_text(json.dumps(cat))
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=tmp_path / "o",
+                         catalog=str(other))
+    with pytest.raises(SpecMismatchError, match="model expects source 'hls'"):
+        predict(req)
+
+
+def test_unwritable_output_is_a_clear_error(flood_model, small_world, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=blocker / "sub",
+                         catalog=small_world["catalog"])
+    with pytest.raises(OutputError, match="not writable"):
+        predict(req)
+    assert isinstance(OutputError("x"), BadInputError)
+
+
+def test_cancel_stops_and_leaves_no_products(flood_model, small_world, tmp_path):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(stage, frac):
+        seen.append(stage)
+        cancel.set()
+
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=tmp_path, batch_size=2,
+                         catalog=small_world["catalog"])
+    with pytest.raises(Cancelled):
+        predict(req, progress, cancel)
+    assert seen and not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_bf16_precision_runs_and_stays_close(flood_model, small_world, tmp_path):
+    b = small_world["bbox"]
+    aoi = bbox_aoi([b[0], b[1], b[0] + (b[2] - b[0]) / 3, b[3]])
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        req = PredictRequest(model=flood_model, aois=[aoi], date=after_flood(small_world),
+                             out_dir=tmp_path / precision, catalog=small_world["catalog"],
+                             precision=precision)
+        res = predict(req)
+        assert json.loads(res.sidecar.read_text())["parameters"]["precision"] == precision
+        with rasterio.open(res.classes[0]) as src:
+            runs[precision] = src.read(1)
+    assert (runs["fp32"] == runs["bf16"]).mean() > 0.97
+
+
+@pytest.mark.slow
+def test_dask_workers_assemble_the_same_product(product, flood_model, small_world, tmp_path):
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=tmp_path,
+                         catalog=small_world["catalog"], overlap=0.5, workers=2)
+    res = predict(req)
+    for a, b in zip(sorted(res.classes), sorted(product.classes), strict=True):
+        with rasterio.open(a) as x, rasterio.open(b) as y:
+            np.testing.assert_array_equal(x.read(1), y.read(1))
+    shutil.rmtree(tmp_path, ignore_errors=True)
