@@ -213,3 +213,11 @@ def test_fit_with_pretrained_weights_and_freeze(chips, tmp_path):
                                src.blocks[1].attn.qkv.weight)
     card = read_card(path)
     assert card.training["pretrained"]["interpolated_pos_embed"] == [[3, 8, 8], [2, 4, 4]]
+
+
+def test_ndwi_rule_baseline(chips):
+    from terrastill.training.train import rule_baseline
+
+    r = rule_baseline(chips, "test")
+    assert r["miou"] > 0.9  # the synthetic water is spectrally obvious
+    assert "green" in r["rule"]

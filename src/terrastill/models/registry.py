@@ -66,7 +66,7 @@ SPECS: dict[str, dict[str, Any]] = {
                     "num_frames": 3, "img_size": 32, "in_chans": 6, "mlp_ratio": 2.0},
         "bands": HLS_BANDS,
         "hub": None,
-        "head": {"channels": 64},
+        "head": {"channels": 32},
     },
     "small": {
         "description": "small Prithvi-layout ViT (192 dim, 8 blocks, patch 8)",

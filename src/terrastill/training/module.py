@@ -46,6 +46,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
     return [groups[k] for k in sorted(groups)]
 
 
+SELECT_LOSS_WEIGHT = 1e-3
+
+
 class TaskModule(L.LightningModule):
     """Shared base: model from ``arch``, loss, AdamW + warm-up/cosine, per-epoch metrics."""
 
@@ -74,6 +77,7 @@ class TaskModule(L.LightningModule):
         self.val_metrics = make_metrics(self.task, num_classes, self.class_names)
         self.metric_name, self.metric_mode = MONITOR[self.task]
         self.last_val: dict[str, Any] = {}
+        self._val_loss_sum, self._val_loss_n = 0.0, 0
         if freeze_encoder:
             self.model.encoder.requires_grad_(False)
 
@@ -106,6 +110,12 @@ class TaskModule(L.LightningModule):
                  batch_size=batch["image"].shape[0])
         self.val_metrics.to(out.device)
         self.val_metrics.update(out, target)
+        n = batch["image"].shape[0]
+        self._val_loss_sum += float(loss.detach()) * n
+        self._val_loss_n += n
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss_sum, self._val_loss_n = 0.0, 0
 
     def on_validation_epoch_end(self) -> None:
         m = self.val_metrics.compute()
@@ -116,6 +126,14 @@ class TaskModule(L.LightningModule):
                 v = value if not math.isnan(value) else (
                     -1.0 if self.metric_mode == "max" else float("inf"))
                 self.log(f"val_{key}", v, prog_bar=key == self.metric_name)
+        # model selection: the task metric, ties (a saturated mIoU on a small validation
+        # split) broken by the validation loss
+        main = m.get(self.metric_name, float("nan"))
+        loss = self._val_loss_sum / max(self._val_loss_n, 1)
+        loss = loss if math.isfinite(loss) else 100.0
+        sign = 1.0 if self.metric_mode == "max" else -1.0
+        main = main if not math.isnan(main) else -1e6
+        self.log("val_select", sign * main - SELECT_LOSS_WEIGHT * min(loss, 100.0))
 
     # --- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

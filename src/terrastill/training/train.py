@@ -112,12 +112,15 @@ def resolve_precision(precision: str, device: str) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}.get(p, p)
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in items[0]:
         vals = [it[key] for it in items]
         out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
     return out
+
+
+_collate = collate_items  # old name
 
 
 def _uses_coords(arch: dict[str, Any]) -> bool:
@@ -145,7 +148,7 @@ def evaluate_model(
     """Metrics of ``model`` over every chip of ``dataset`` (plain loop, no Lightning)."""
     num_classes = max(len(class_names), int(model.arch["head"].get("num_classes", 1)))
     metrics = make_metrics(task, num_classes, class_names).to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
     model = model.to(device).eval()
     t0 = time.perf_counter()
     for batch in loader:
@@ -163,6 +166,41 @@ def evaluate_model(
     result["seconds"] = round(time.perf_counter() - t0, 3)
     if task != "regression":
         result["baseline_majority"] = majority_baseline(np.asarray(result["confusion"]))
+    return result
+
+
+def rule_baseline(
+    chips_dir: str | os.PathLike[str],
+    split: str = "test",
+    positive_class: int = 1,
+    index: tuple[str, str] = ("green", "nir_narrow"),
+    threshold: float = 0.0,
+    negative_class: int = 0,
+) -> dict[str, Any]:
+    """Scores of a per-pixel spectral-index rule, e.g. NDWI = (green − NIR)/(green + NIR) > 0
+    -> ``positive_class`` else ``negative_class``, on the same ignore-masked pixels as
+    :func:`evaluate` (the index is the median over the valid time steps)."""
+    meta = read_dataset_meta(chips_dir)
+    bands = list(meta["bands"])
+    missing = [b for b in index if b not in bands]
+    if missing:
+        raise BadInputError(f"{chips_dir}: no band(s) {', '.join(missing)} for the index rule")
+    class_names = list(meta.get("class_names") or [])
+    k = max(len(class_names), positive_class + 1, negative_class + 1)
+    ds = ChipDataset(chips_dir, split, meta=meta)
+    metrics = make_metrics("segmentation", k, class_names or None)
+    ia, ib = bands.index(index[0]), bands.index(index[1])
+    for i in range(len(ds)):
+        img, _ = ds._read(i)
+        label = ds[i]["label"]
+        a, b = img[:, ia], img[:, ib]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            idx = np.nanmedian((a - b) / (a + b), axis=0)
+        pred = np.where(idx > threshold, positive_class, negative_class)
+        logits = torch.nn.functional.one_hot(torch.from_numpy(pred), k).permute(2, 0, 1).float()
+        metrics.update(logits.unsqueeze(0) * 10, label.unsqueeze(0))
+    result = metrics.compute()
+    result["rule"] = f"({index[0]} - {index[1]}) / ({index[0]} + {index[1]}) > {threshold}"
     return result
 
 
@@ -252,16 +290,17 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
     metric, mode = MONITOR[task]
     has_val = len(val_ds) > 0
-    monitor = f"val_{metric}" if has_val else "train_loss"
-    mode = mode if has_val else "min"
+    # val_select = ±metric − 0.001·val_loss (higher is better): the metric, ties broken by loss
+    monitor = "val_select" if has_val else "train_loss"
+    mode = "max" if has_val else "min"
     gen = torch.Generator().manual_seed(opt.seed)
     bs = min(opt.batch_size, len(train_ds))
     train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=gen,
-                              num_workers=opt.num_workers, collate_fn=_collate,
+                              num_workers=opt.num_workers, collate_fn=collate_items,
                               drop_last=len(train_ds) % bs == 1,
                               persistent_workers=opt.num_workers > 0)
     val_loader = DataLoader(val_ds, batch_size=max(bs, 32), shuffle=False,
-                            num_workers=opt.num_workers, collate_fn=_collate)
+                            num_workers=opt.num_workers, collate_fn=collate_items)
 
     class History(Callback):
         def __init__(self) -> None:

@@ -1,0 +1,670 @@
+"""Task-specific distillation: a shallow student cut from a fine-tuned teacher.
+
+Student = the teacher's patch embedding + its first ``N`` encoder blocks (weights copied) + the
+teacher's final norm and head (copied: the head only sees ``embed_dim``, which a truncated
+encoder keeps, so its shapes always match; a different ``head`` config gives a fresh head).
+
+Loss (segmentation / classification)::
+
+    α · task(student, ground truth)                       # CE with ignore -1 (or --loss)
+    + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T))   # mean over valid pixels
+    + β · Σ feature(student block k, teacher block m)     # optional, MSE or 1 − cosine
+
+The KL term runs over every pixel whose *input* is valid (``batch["valid"]``), including
+pixels whose label is -1: that is where distillation helps most with sparse labels.
+Regression: ``α · task + (1 − α) · MSE(student, teacher)`` over valid pixels.
+
+:func:`distill` runs the whole thing (fixed depth or ``auto`` search, see
+:mod:`terrastill.training.depth_search`) and writes the student's model file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from terrastill.errors import BadInputError, SpecMismatchError
+from terrastill.training.module import TaskModule
+
+log = logging.getLogger(__name__)
+
+FEATURE_LOSSES = ("mse", "cosine")
+
+
+# --- student construction -------------------------------------------------------------------
+
+def make_student(teacher: nn.Module, depth: int, head: dict[str, Any] | None = None) -> nn.Module:
+    """The teacher's embedding + first ``depth`` blocks + final norm + head (all copied).
+
+    ``head``: overrides of the head config (e.g. ``{"channels": 32}``); where the resulting
+    head's parameter shapes differ from the teacher's, those head weights stay freshly
+    initialised (shape-matching ones are still copied).
+    """
+    from terrastill.models.model import TerraModel, truncate
+
+    n = int(teacher.encoder.depth)
+    if not 1 <= depth <= n:
+        raise BadInputError(f"--layers {depth}: the teacher has {n} encoder blocks; "
+                            f"choose 1..{n}")
+    student = truncate(teacher, depth)
+    if head:
+        arch = dict(student.arch)
+        arch["head"] = {**arch["head"], **head}
+        fresh = TerraModel(arch)
+        state = fresh.state_dict()
+        src = student.state_dict()
+        for k, v in src.items():
+            if k in state and state[k].shape == v.shape:
+                state[k] = v
+        fresh.load_state_dict(state)
+        student = fresh
+    return student
+
+
+def parse_feature_pairs(spec: str | Sequence[Sequence[int]] | None
+                        ) -> list[tuple[int, int]]:
+    """``"1:3,3:7"`` or ``[(1, 3), (3, 7)]`` -> [(student block, teacher block)] (0-based)."""
+    if spec is None or spec == "" or spec == "none":
+        return []
+    if isinstance(spec, str):
+        pairs = []
+        for part in spec.split(","):
+            try:
+                a, b = part.split(":")
+                pairs.append((int(a), int(b)))
+            except ValueError:
+                raise BadInputError(f"--feature-pairs {spec!r}: expected 'S:T[,S:T...]' "
+                                    f"(student block : teacher block, 0-based)") from None
+        return pairs
+    return [(int(a), int(b)) for a, b in spec]
+
+
+def resolve_feature_pairs(pairs: Sequence[tuple[int, int]], student_depth: int,
+                          teacher_depth: int) -> list[tuple[int, int]]:
+    """Negative indices count from the end (``-1:-1`` = last student ↔ last teacher block)."""
+    out = []
+    for s, t in pairs:
+        s2 = s if s >= 0 else student_depth + s
+        t2 = t if t >= 0 else teacher_depth + t
+        if not (0 <= s2 < student_depth and 0 <= t2 < teacher_depth):
+            raise BadInputError(f"feature pair {s}:{t} is outside the student's {student_depth} "
+                                f"/ the teacher's {teacher_depth} blocks")
+        out.append((s2, t2))
+    return out
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+def kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over (valid) pixels of KL(softmax(teacher/T) ‖ softmax(student/T)), classes on dim 1.
+
+    Not multiplied by T². ``student``/``teacher``: (B, K, H, W) or (B, K); ``valid``: (B, H, W)
+    bool (ignored for (B, K) logits).
+    """
+    t = float(temperature)
+    log_p_s = F.log_softmax(student.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher.float() / t, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, H, W) or (B,)
+    if valid is not None and kl.ndim == 3:
+        mask = valid.to(kl.device).bool()
+        if not mask.any():
+            return student.sum() * 0
+        return kl[mask].mean()
+    return kl.mean()
+
+
+def mse_to_teacher(student: torch.Tensor, teacher: torch.Tensor,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference of dense outputs over valid pixels (regression distillation)."""
+    s = student.float()
+    t = teacher.float()
+    if valid is not None and s.ndim == 4:
+        mask = valid.to(s.device).bool().unsqueeze(1).expand_as(s)
+        if not mask.any():
+            return s.sum() * 0
+        return F.mse_loss(s[mask], t[mask])
+    return F.mse_loss(s, t)
+
+
+def feature_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
+                 kind: str = "mse") -> torch.Tensor:
+    """Mean over block pairs of MSE or (1 − cosine similarity over D) of (B, 1+L, D) tokens."""
+    if kind not in FEATURE_LOSSES:
+        raise BadInputError(f"feature loss {kind!r}: choose one of {FEATURE_LOSSES}")
+    terms = []
+    for s, t in zip(student_feats, teacher_feats, strict=True):
+        s, t = s.float(), t.float().detach()
+        if kind == "mse":
+            terms.append(F.mse_loss(s, t))
+        else:
+            terms.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+    return torch.stack(terms).mean()
+
+
+def distillation_loss(
+    task: str,
+    student_out: torch.Tensor,
+    teacher_out: torch.Tensor,
+    target: torch.Tensor,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``α·task + (1−α)·T²·KL`` (classes) or ``α·task + (1−α)·MSE`` (regression).
+
+    Returns the total and its parts (``task``, ``kd``: the unweighted KD term, T² included).
+    """
+    task_term = task_loss(student_out, target)
+    if task == "regression":
+        kd = mse_to_teacher(student_out, teacher_out, valid)
+    else:
+        kd = float(temperature) ** 2 * kl_to_teacher(student_out, teacher_out, temperature,
+                                                     valid)
+    total = float(alpha) * task_term + (1 - float(alpha)) * kd
+    return total, {"task": task_term.detach(), "kd": kd.detach()}
+
+
+# --- Lightning module -----------------------------------------------------------------------
+
+class DistillationModule(TaskModule):
+    """A :class:`TaskModule` whose training loss distils a frozen teacher into ``self.model``.
+
+    Validation (``val_loss``, ``val_miou``...) is the plain task metric of the student, so the
+    base class's checkpointing and early stopping work unchanged.
+    """
+
+    def __init__(
+        self,
+        arch: dict[str, Any],
+        teacher_arch: dict[str, Any],
+        class_names: Sequence[str] = (),
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        feature_pairs: Sequence[Sequence[int]] = (),
+        feature_loss: str = "mse",
+        feature_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(arch, class_names, **kwargs)
+        from terrastill.models.registry import build_model
+
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise BadInputError(f"--alpha {alpha}: must be in [0, 1]")
+        if float(temperature) <= 0:
+            raise BadInputError(f"--temperature {temperature}: must be > 0")
+        if feature_loss not in FEATURE_LOSSES:
+            raise BadInputError(f"--feature-loss {feature_loss!r}: choose one of "
+                                f"{FEATURE_LOSSES}")
+        self.teacher = build_model(teacher_arch)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.feature_pairs = resolve_feature_pairs(
+            [tuple(p) for p in feature_pairs], self.model.encoder.depth,
+            self.teacher.encoder.depth)
+        self.feature_kind = feature_loss
+        self.feature_weight = float(feature_weight)
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        self.teacher.eval()  # frozen: dropout/BN statistics never change
+        return self
+
+    def _coords(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.hparams.use_coords:
+            return {"temporal_coords": batch.get("temporal_coords"),
+                    "location_coords": batch.get("location_coords")}
+        return {}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x = batch["image"]
+        kw = self._coords(batch)
+        s_blocks = [s for s, _ in self.feature_pairs] or None
+        t_blocks = [t for _, t in self.feature_pairs] or None
+        s_out, s_feats = self.model.forward_with_features(x, s_blocks, **kw)
+        with torch.no_grad():
+            t_out, t_feats = self.teacher.forward_with_features(x, t_blocks, **kw)
+        loss, parts = distillation_loss(self.task, s_out, t_out, self._target(batch),
+                                        self.loss_fn, self.alpha, self.temperature,
+                                        batch.get("valid"))
+        bs = x.shape[0]
+        if self.feature_pairs and self.feature_weight:
+            feat = feature_loss(s_feats, t_feats, self.feature_kind)
+            loss = loss + self.feature_weight * feat
+            self.log("train_feat", feat, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train_task", parts["task"], on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train_kd", parts["kd"], on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+
+DISTILL_MODULES: dict[str, type[DistillationModule]] = {
+    task: type(f"{task.capitalize()}DistillationModule", (DistillationModule,), {"task": task})
+    for task in ("segmentation", "regression", "classification")
+}
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+@dataclass
+class DistillOptions:
+    """Everything :func:`distill` can be told (the CLI flags map 1:1)."""
+
+    layers: int | str = "auto"  # N or "auto"
+    tolerance: float = 1.0  # pp of the validation metric (mIoU ×100; % of RMSE for regression)
+    candidates: str | Sequence[int] | None = None  # depths to search (default 1..depth-1)
+    alpha: float = 0.5
+    temperature: float = 2.0
+    feature_pairs: str | Sequence[Sequence[int]] | None = None
+    feature_loss: str = "mse"
+    feature_weight: float = 1.0
+    head: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 15
+    search_epochs: int = 5
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    loss: str | None = None
+    seed: int = 0
+    patience: int = 5
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    augment: bool = True
+    progress: bool = True
+    search_all: bool = False  # auto: train every candidate (else stop at the first within
+    #                           tolerance, ascending: same choice, less compute)
+    bench_seconds: float = 1.0  # img/s measurement per depth (0: skip)
+    bench_batch_size: int = 8
+    keep_search_checkpoints: bool = False
+    name: str | None = None
+    command: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"unknown distillation option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class DistillResult:
+    model_path: Path
+    depth: int
+    teacher_metrics: dict[str, Any]
+    student_metrics: dict[str, Any]
+    search: list[dict[str, Any]] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Context:
+    """What every student run shares: teacher, data, device."""
+
+    teacher: nn.Module
+    card: Any
+    teacher_path: Path
+    chips_dir: Path
+    meta: dict[str, Any]
+    task: str
+    class_names: list[str]
+    use_coords: bool
+    device: str
+    precision: str
+    train_ds: Any
+    val_ds: Any
+    test_ds: Any
+
+
+def _load_context(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[str],
+                  opt: DistillOptions) -> _Context:
+    from terrastill.data.dataset import ChipDataset, read_dataset_meta
+    from terrastill.models.modelfile import check_input_spec, load_model_file
+    from terrastill.training.augment import FlipRotate
+    from terrastill.training.train import _uses_coords, resolve_device, resolve_precision
+
+    loaded = load_model_file(teacher_path)
+    card = loaded.card
+    chips_dir = Path(chips_dir)
+    meta = read_dataset_meta(chips_dir)
+    check_input_spec(card.input_spec, meta, what=str(chips_dir))
+    task = card.task
+    if str(meta.get("task", task)) != task:
+        raise SpecMismatchError(f"{chips_dir}: a {meta.get('task')} dataset, the teacher is for "
+                                f"{task}")
+    if task != "regression" and len(meta.get("class_names") or []) not in (
+            0, len(card.class_names)):
+        raise SpecMismatchError(f"{chips_dir}: {len(meta['class_names'])} classes, the teacher "
+                                f"has {len(card.class_names)} ({', '.join(card.class_names)})")
+    # the teacher's normalisation: the student must see exactly the teacher's inputs
+    meta = {**meta, "stats": {"mean": card.input_spec["mean"], "std": card.input_spec["std"]}}
+    use_coords = _uses_coords(card.arch)
+    train_ds = ChipDataset(chips_dir, "train", FlipRotate() if opt.augment else None,
+                           coords=use_coords, meta=meta)
+    if len(train_ds) == 0:
+        raise BadInputError(f"{chips_dir}: no chips in the train split")
+    val_ds = ChipDataset(chips_dir, "val", coords=use_coords, meta=meta)
+    test_ds = ChipDataset(chips_dir, "test", coords=use_coords, meta=meta)
+    device = resolve_device(opt.device)
+    return _Context(teacher=loaded.model, card=card, teacher_path=Path(teacher_path),
+                    chips_dir=chips_dir, meta=meta, task=task,
+                    class_names=list(card.class_names), use_coords=use_coords, device=device,
+                    precision=resolve_precision(opt.precision, device), train_ds=train_ds,
+                    val_ds=val_ds, test_ds=test_ds)
+
+
+def _evaluate(ctx: _Context, model: nn.Module, splits: Sequence[str] = ("val", "test")
+              ) -> dict[str, Any]:
+    from terrastill.training.train import evaluate_model
+
+    out: dict[str, Any] = {}
+    for split in splits:
+        ds = {"train": ctx.train_ds, "val": ctx.val_ds, "test": ctx.test_ds}[split]
+        if len(ds):
+            r = evaluate_model(model, ds, ctx.task, ctx.class_names, device=ctx.device,
+                               use_coords=ctx.use_coords)
+            out[split] = {k: v for k, v in r.items() if k != "confusion"}
+            out[split]["confusion"] = r.get("confusion")
+    model.cpu()
+    return out
+
+
+def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
+                  epochs: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Distil the teacher into a ``depth``-block student for ``epochs``; returns the best
+    student (CPU, eval) and a summary (history, best epoch, seconds, results per split)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from terrastill.training.metrics import MONITOR
+    from terrastill.training.train import _collate, _quiet_lightning
+
+    _quiet_lightning()
+    L.seed_everything(opt.seed, workers=True, verbose=False)
+    student = make_student(ctx.teacher, depth, opt.head or None)
+    pairs = resolve_feature_pairs(parse_feature_pairs(opt.feature_pairs), depth,
+                                  ctx.teacher.encoder.depth)
+    module = DISTILL_MODULES[ctx.task](
+        student.arch, ctx.teacher.arch, ctx.class_names, alpha=opt.alpha,
+        temperature=opt.temperature, feature_pairs=pairs, feature_loss=opt.feature_loss,
+        feature_weight=opt.feature_weight, loss=opt.loss, lr=opt.lr,
+        weight_decay=opt.weight_decay, use_coords=ctx.use_coords)
+    module.model.load_state_dict(student.state_dict())
+    module.teacher.load_state_dict(ctx.teacher.state_dict())
+
+    metric, mode = MONITOR[ctx.task]
+    has_val = len(ctx.val_ds) > 0
+    monitor = f"val_{metric}" if has_val else "train_loss"
+    mode = mode if has_val else "min"
+    gen = torch.Generator().manual_seed(opt.seed)
+    bs = min(opt.batch_size, len(ctx.train_ds))
+    train_loader = DataLoader(ctx.train_ds, batch_size=bs, shuffle=True, generator=gen,
+                              num_workers=opt.num_workers, collate_fn=_collate,
+                              drop_last=len(ctx.train_ds) % bs == 1,
+                              persistent_workers=opt.num_workers > 0)
+    val_loader = DataLoader(ctx.val_ds, batch_size=max(bs, 32), shuffle=False,
+                            num_workers=opt.num_workers, collate_fn=_collate)
+
+    class History(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = []
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
+            for key, v in trainer.callback_metrics.items():
+                if key.startswith(("train_", "val_")):
+                    row[key] = float(v)
+            row["elapsed_s"] = round(time.perf_counter() - self.t0, 2)
+            self.rows.append(row)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    history = History()
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                              save_top_k=1, save_last=False, enable_version_counter=False,
+                              save_weights_only=True)
+    callbacks: list[Any] = [history, ckpt_cb,
+                            EarlyStopping(monitor=monitor, mode=mode, patience=opt.patience)]
+    if opt.progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=int(epochs), accelerator="gpu" if ctx.device.startswith("cuda") else "cpu",
+        devices=1, precision=ctx.precision,
+        deterministic=True if ctx.device == "cpu" else "warn", logger=False,
+        callbacks=callbacks, enable_model_summary=False, enable_progress_bar=opt.progress,
+        num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0,
+        default_root_dir=str(out_dir), log_every_n_steps=1,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        trainer.fit(module, train_loader, val_loader if has_val else None)
+    seconds = time.perf_counter() - t0
+    best_epoch = None
+    best_path = ckpt_cb.best_model_path
+    if best_path and Path(best_path).is_file():
+        state = torch.load(best_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", -1)) + 1
+    model = module.model.cpu().eval()
+    ctx.teacher.cpu().eval()
+    summary = {"depth": depth, "epochs": int(epochs), "epochs_run": len(history.rows),
+               "best_epoch": best_epoch, "monitor": monitor, "train_seconds": round(seconds, 2),
+               "history": history.rows, "feature_pairs": pairs}
+    return model, summary
+
+
+def _metric_of(results: dict[str, Any], task: str, split: str = "val") -> float | None:
+    from terrastill.training.metrics import MONITOR
+
+    r = results.get(split) or results.get("test") or {}
+    v = r.get(MONITOR[task][0])
+    return None if v is None else float(v)
+
+
+def _stats(model: nn.Module) -> dict[str, int]:
+    from terrastill.models.modelfile import ModelCard, fill_card_stats
+
+    card = ModelCard(name="x", task="x", arch=model.arch, input_spec={})
+    fill_card_stats(card, model)
+    return {"params": card.params, "encoder_params": card.encoder_params, "macs": card.macs,
+            "encoder_macs": card.encoder_macs, "depth": card.depth}
+
+
+def _throughput(model: nn.Module, opt: DistillOptions, device: str) -> float | None:
+    if not opt.bench_seconds:
+        return None
+    from terrastill.bench.throughput import quick_throughput
+
+    return quick_throughput(model, batch_size=opt.bench_batch_size, seconds=opt.bench_seconds,
+                            device=device)
+
+
+def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[str],
+            out_dir: str | os.PathLike[str],
+            options: DistillOptions | dict[str, Any] | None = None,
+            on_event: Callable[[str, dict[str, Any]], None] | None = None) -> DistillResult:
+    """Distil ``teacher_path`` on ``chips_dir`` into ``out_dir/model.pt``.
+
+    ``options.layers``: a depth, or ``"auto"`` — train every candidate depth for
+    ``search_epochs``, keep the smallest whose validation metric is within ``tolerance`` of
+    the teacher's (see :func:`terrastill.training.depth_search.choose_depth`), then train that
+    depth for ``epochs``. ``on_event(kind, data)`` is told about progress (``teacher``,
+    ``candidate``, ``chosen``, ``done``).
+    """
+    from terrastill import __version__
+    from terrastill.atomic import write_text_atomic
+    from terrastill.models.modelfile import ModelCard, fill_card_stats, save_model_file
+    from terrastill.training import depth_search
+    from terrastill.training.metrics import MONITOR
+    from terrastill.training.plots import plot_confusion, plot_curves
+    from terrastill.training.train import _clean
+
+    opt = options if isinstance(options, DistillOptions) else DistillOptions.from_dict(
+        options or {})
+    emit = on_event or (lambda kind, data: None)
+    if not 0.0 <= opt.alpha <= 1.0:
+        raise BadInputError(f"--alpha {opt.alpha}: must be in [0, 1]")
+    if opt.temperature <= 0:
+        raise BadInputError(f"--temperature {opt.temperature}: must be > 0")
+    if opt.tolerance < 0:
+        raise BadInputError(f"--tolerance {opt.tolerance}: must be >= 0")
+    if opt.feature_loss not in FEATURE_LOSSES:
+        raise BadInputError(f"--feature-loss {opt.feature_loss!r}: choose one of "
+                            f"{FEATURE_LOSSES}")
+    parse_feature_pairs(opt.feature_pairs)
+    layers = str(opt.layers).strip().lower()
+    if layers != "auto":
+        try:
+            fixed = int(layers)
+        except ValueError:
+            raise BadInputError(f"--layers {opt.layers!r}: a number of blocks or 'auto'"
+                                ) from None
+    out = Path(out_dir)
+    ctx = _load_context(teacher_path, chips_dir, opt)
+    depth_t = int(ctx.teacher.encoder.depth)
+    metric_name, mode = MONITOR[ctx.task]
+    if layers != "auto" and not 1 <= fixed <= depth_t:
+        raise BadInputError(f"--layers {fixed}: the teacher has {depth_t} encoder blocks; "
+                            f"choose 1..{depth_t}")
+    cands = depth_search.candidate_depths(depth_t, opt.candidates) if layers == "auto" else []
+    if opt.feature_pairs:  # validate against the smallest student we may train
+        smallest = fixed if layers != "auto" else min(cands)
+        resolve_feature_pairs(parse_feature_pairs(opt.feature_pairs), smallest, depth_t)
+    out.mkdir(parents=True, exist_ok=True)
+
+    teacher_results = _evaluate(ctx, ctx.teacher)
+    teacher_metric = _metric_of(teacher_results, ctx.task)
+    teacher_row = {"depth": depth_t, "role": "teacher", **_stats(ctx.teacher),
+                   "img_s": _throughput(ctx.teacher, opt, ctx.device),
+                   "metric": teacher_metric, "metric_name": metric_name}
+    emit("teacher", teacher_row)
+
+    search_rows: list[dict[str, Any]] | None = None
+    if layers == "auto":
+        search_rows = []
+        for d in cands:
+            cdir = out / "search" / f"depth-{d}"
+            done = cdir / "result.json"
+            if done.is_file():  # resumable: a finished candidate is not trained again
+                row = json.loads(done.read_text())
+            else:
+                model, summ = train_student(ctx, d, cdir, opt, opt.search_epochs)
+                res = _evaluate(ctx, model, ("val",))
+                row = {"depth": d, "role": "candidate", **_stats(model),
+                       "img_s": _throughput(model, opt, ctx.device),
+                       "metric": _metric_of(res, ctx.task), "metric_name": metric_name,
+                       "train_seconds": summ["train_seconds"], "epochs": opt.search_epochs}
+                write_text_atomic(done, json.dumps(_clean(row), indent=2))
+                if not opt.keep_search_checkpoints:
+                    shutil.rmtree(cdir / "checkpoints", ignore_errors=True)
+            search_rows.append(row)
+            emit("candidate", row)
+            if (not opt.search_all and teacher_metric is not None
+                    and depth_search.within_tolerance(row["metric"], teacher_metric,
+                                                      opt.tolerance, mode)):
+                break  # ascending order: a deeper candidate can no longer be chosen
+        choice = depth_search.choose_depth(
+            [(r["depth"], r["metric"]) for r in search_rows], teacher_metric, opt.tolerance,
+            mode)
+        depth = choice.depth
+        for r in search_rows:
+            r["chosen"] = r["depth"] == depth
+            r["within_tolerance"] = r["depth"] in choice.within
+        emit("chosen", {"depth": depth, "within_tolerance": choice.within_tolerance,
+                        "reason": choice.reason})
+        if not choice.within_tolerance:
+            log.warning("no candidate depth is within %.2f of the teacher's %s; using %d (%s)",
+                        opt.tolerance, metric_name, depth, choice.reason)
+    else:
+        depth = fixed
+
+    model, summ = train_student(ctx, depth, out, opt, opt.epochs)
+    results = _evaluate(ctx, model)
+    student_stats = _stats(model)
+    student_row = {"depth": depth, "role": "student", **student_stats,
+                   "img_s": _throughput(model, opt, ctx.device),
+                   "metric": _metric_of(results, ctx.task), "metric_name": metric_name,
+                   "train_seconds": summ["train_seconds"], "epochs": opt.epochs}
+    if search_rows is not None:
+        table = [teacher_row, *search_rows, student_row]
+        depth_search.write_search_report(table, out, title=f"{ctx.card.name}: student depth "
+                                         f"search ({metric_name}, tolerance {opt.tolerance})")
+
+    strip = ("confusion",)
+    t_metrics = _clean({s: {k: v for k, v in r.items() if k not in strip}
+                        for s, r in teacher_results.items()})
+    s_metrics = _clean({s: {k: v for k, v in r.items() if k not in strip}
+                        for s, r in results.items()})
+    settings = {"layers": str(opt.layers), "depth": depth, "alpha": opt.alpha,
+                "temperature": opt.temperature, "tolerance": opt.tolerance,
+                "feature_pairs": summ["feature_pairs"], "feature_loss": opt.feature_loss,
+                "feature_weight": opt.feature_weight, "head": opt.head or None,
+                "loss": opt.loss or ("mse" if ctx.task == "regression" else "ce")}
+    teacher_info = {"path": str(ctx.teacher_path), "name": ctx.card.name, "depth": depth_t,
+                    "params": teacher_row["params"], "macs": teacher_row["macs"],
+                    "encoder_macs": teacher_row["encoder_macs"], "metrics": t_metrics}
+    name = opt.name or f"{ctx.card.name}-student-{depth}"
+    card = ModelCard(
+        name=name, task=ctx.task, arch=model.arch, input_spec=dict(ctx.card.input_spec),
+        class_names=ctx.class_names, class_colors=list(ctx.card.class_colors or []),
+        metrics=s_metrics, teacher=teacher_info,
+        created_with={"terrastill": __version__, "command": opt.command or "terrastill distill",
+                      "torch": str(torch.__version__)},
+        training=_clean({"distillation": settings, "options": dataclasses.asdict(opt),
+                         "epochs_run": summ["epochs_run"], "best_epoch": summ["best_epoch"],
+                         "monitor": summ["monitor"], "seconds": summ["train_seconds"],
+                         "device": ctx.device, "precision": ctx.precision,
+                         "chips_dir": str(ctx.chips_dir),
+                         "search": search_rows}),
+    )
+    fill_card_stats(card, model)
+    model_path = save_model_file(out / "model.pt", model, card)
+    summary = _clean({
+        "task": ctx.task, "name": name, "depth": depth, "teacher_depth": depth_t,
+        "metric": metric_name, "distillation": settings,
+        "teacher": {**teacher_row, "metrics": t_metrics},
+        "student": {**student_row, "metrics": s_metrics},
+        "ratios": {
+            "encoder_macs": teacher_row["encoder_macs"] / max(student_stats["encoder_macs"], 1),
+            "macs": teacher_row["macs"] / max(student_stats["macs"], 1),
+            "params": teacher_row["params"] / max(student_stats["params"], 1),
+            "img_s": (student_row["img_s"] / teacher_row["img_s"]
+                      if student_row["img_s"] and teacher_row["img_s"] else None)},
+        "search": search_rows, "history": summ["history"], "best_epoch": summ["best_epoch"],
+        "train_seconds": summ["train_seconds"],
+    })
+    write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+    if summ["history"]:
+        plot_curves(summ["history"], out / "curves.png",
+                    metric=metric_name if len(ctx.val_ds) else "loss")
+    conf = (results.get("test") or results.get("val") or {}).get("confusion")
+    if conf is not None and ctx.task != "regression":
+        plot_confusion(conf, ctx.class_names, out / "confusion.png", title="student confusion")
+    emit("done", summary)
+    return DistillResult(model_path=model_path, depth=depth, teacher_metrics=t_metrics,
+                         student_metrics=s_metrics, search=search_rows, summary=summary)
