@@ -254,3 +254,23 @@ def test_dask_workers_assemble_the_same_product(product, flood_model, small_worl
         with rasterio.open(a) as x, rasterio.open(b) as y:
             np.testing.assert_array_equal(x.read(1), y.read(1))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_precision_calibration_is_recorded_and_read_by_auto(flood_model, flood_dataset,
+                                                            tmp_path, monkeypatch):
+    import torch
+
+    from terrastill.inference.precision import calibrate_precision
+    from terrastill.inference.predict import use_bf16
+    from terrastill.models.modelfile import read_card
+
+    model = tmp_path / "m.pt"
+    shutil.copyfile(flood_model, model)
+    verdict = calibrate_precision(model, flood_dataset)
+    card = read_card(model)
+    assert card.precision == verdict and verdict["metric"] == "miou"
+    assert verdict["bf16_ok"] == (abs(verdict["bf16_delta_pp"]) <= 0.5)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert use_bf16("auto", card) == verdict["bf16_ok"]
+    card.precision = {**verdict, "bf16_ok": False}
+    assert use_bf16("auto", card) is False and use_bf16("bf16", card) is True

@@ -52,6 +52,7 @@ def run_demo(out: Path, opts: DemoOptions,
     from terrastill.inference.aoi import bbox_aoi
     from terrastill.inference.predict import PredictRequest, predict
     from terrastill.inference.truth import compare_to_reference
+    from terrastill.models.modelfile import read_card
     from terrastill.world.build import build_world, load_manifest
     from terrastill.world.config import WorldConfig
 
@@ -90,7 +91,12 @@ def run_demo(out: Path, opts: DemoOptions,
         fit(chips_dir, teacher.parent, TrainOptions(model=opts.teacher, epochs=opts.epochs,
                                                     seed=opts.seed, name=f"{opts.task}-teacher",
                                                     progress=False))
-    summary["teacher"] = {"path": str(teacher), "test": evaluate(teacher, chips_dir, "test")}
+    from terrastill.inference.precision import calibrate_precision
+
+    if not read_card(teacher).precision:
+        calibrate_precision(teacher, chips_dir)
+    summary["teacher"] = {"path": str(teacher), "test": evaluate(teacher, chips_dir, "test"),
+                          "precision": read_card(teacher).precision}
 
     # 4. student
     student = out / "models" / "student" / "model.pt"
@@ -104,8 +110,10 @@ def run_demo(out: Path, opts: DemoOptions,
             distill(teacher, chips_dir, student.parent,
                     DistillOptions(layers=opts.student_layers, epochs=opts.distill_epochs,
                                    seed=opts.seed, progress=False))
-        summary["student"] = {"path": str(student),
-                              "test": evaluate(student, chips_dir, "test")}
+        if not read_card(student).precision:
+            calibrate_precision(student, chips_dir)
+        summary["student"] = {"path": str(student), "test": evaluate(student, chips_dir, "test"),
+                              "precision": read_card(student).precision}
 
     # the service lists model files at the top of one folder
     served = out / "serve-models"
