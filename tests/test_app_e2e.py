@@ -204,3 +204,60 @@ def test_real_job_on_a_dask_scheduler(small_world, flood_model, tmp_path):
     finally:
         client.close()
         cluster.close()
+
+
+def test_job_survives_a_killed_server(small_world, flood_model, tmp_path):
+    """`terrastill serve` killed (SIGKILL) mid-job: after a restart the job runs again and ends
+    done — it is never lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from app_support import free_port
+
+    def start(port: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "terrastill.cli", "serve", "--models", str(flood_model),
+               "--data", str(tmp_path / "serve"), "--catalog", small_world["catalog"],
+               "--port", str(port)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+    port = free_port()
+    proc = start(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body = {"aois": [AOI], "date": small_world["flood_date"], "model": "flood"}
+        job_id = httpx.post(f"{url}/api/jobs", json=body).json()["id"]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/api/jobs/{job_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc = start(port)
+        deadline = time.monotonic() + 300
+        while (st := httpx.get(f"{url}/api/jobs/{job_id}").json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, st
+            time.sleep(0.2)
+        assert st["status"] == "done", st
+        assert "restarted" in st["note"]
+        assert httpx.get(f"{url}{st['links']['download']['classes'][0]}").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
