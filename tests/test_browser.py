@@ -80,14 +80,16 @@ def test_draw_submit_and_view(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-            page.on(
-                "console",
-                lambda msg: (
-                    errors.append(f"console.{msg.type}: {msg.text}")
-                    if msg.type == "error"
-                    else None
-                ),
-            )
+            expect_422 = [False]  # while on, the browser's own "status of 422" line is expected
+
+            def on_console(msg):
+                if msg.type != "error":
+                    return
+                if expect_422[0] and "status of 422" in msg.text:
+                    return
+                errors.append(f"console.{msg.type}: {msg.text}")
+
+            page.on("console", on_console)
             tile_responses: list[tuple[int, str]] = []
             page.on(
                 "response",
@@ -114,6 +116,36 @@ def test_draw_submit_and_view(server, tmp_path):
             assert page.locator("#box-list li").count() == 1
             boxes = page.evaluate("window.terrastill.state.boxes")
             assert np.allclose(boxes[0], AOI, atol=2e-3), boxes
+
+            # edit: drag the north-east corner east, then back
+            ne = page.evaluate(f"window.terrastill.map.project([{AOI[2]}, {AOI[3]}])")
+            for dx in (40, -40):
+                page.mouse.move(canvas["x"] + ne["x"], canvas["y"] + ne["y"])
+                page.mouse.down()
+                page.mouse.move(canvas["x"] + ne["x"] + dx, canvas["y"] + ne["y"], steps=5)
+                page.mouse.up()
+                ne = {"x": ne["x"] + dx, "y": ne["y"]}
+                edited = page.evaluate("window.terrastill.state.boxes")
+                assert len(edited) == 1
+                assert (edited[0][2] > AOI[2] + 1e-3) == (dx > 0), edited
+            assert np.allclose(edited[0], AOI, atol=2e-3), edited
+
+            # a typed box too large for the server: its message is shown plainly
+            page.fill("#bbox-input", "0, 0, 5, 5")
+            page.click("#bbox-form button")
+            assert page.locator("#box-list li").count() == 2
+            page.fill("#date-input", "2024-06-01")
+            expect_422[0] = True
+            page.click("#submit-btn")
+            page.wait_for_selector("#banner:not([hidden])")
+            assert "larger than this server's limit" in page.inner_text("#banner-text")
+            expect_422[0] = False
+            page.click("#box-list li:nth-child(2) button")
+            assert page.locator("#box-list li").count() == 1
+            page.click("#banner-close")
+            # back over the AOI (adding the typed box zoomed out to it)
+            page.evaluate(f"window.terrastill.map.jumpTo({{center: [{cx}, {cy}], zoom: 12}})")
+            assert np.allclose(page.evaluate("window.terrastill.state.boxes"), [AOI], atol=2e-3)
 
             # pick model and date, submit
             page.select_option("#model-select", "student")
