@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -202,3 +203,57 @@ def test_two_dask_workers_give_the_same_bytes(reference, small_world, tmp_path):
     res = runner.invoke(app, chips_args(small_world, tmp_path / "dask", None, "--workers", "2"))
     assert res.exit_code == 0, res.output
     assert digest(tmp_path / "dask") == digest(reference)
+
+
+def test_label_raster_with_a_date_makes_dense_label_chips(small_world, tmp_path):
+    truth = small_world["tasks"]["flood"]["truth"]["32633"]
+    res = runner.invoke(app, ["chips", truth, "--date", small_world["tasks"]["flood"]["date"],
+                              "--catalog", small_world["catalog"], "--out", str(tmp_path / "r"),
+                              *OPTS])
+    assert res.exit_code == 0, res.output
+    idx = gpd.read_parquet(tmp_path / "r" / "index.parquet")
+    assert len(idx) > 3
+    import rasterio
+
+    from terrastill.data.grid import GridSpec
+    from terrastill.data.read import read_asset
+
+    for cid in idx["id"][:3]:
+        with rasterio.open(tmp_path / "r" / "labels" / f"{cid}.tif") as lab:
+            labels = lab.read(1)
+            grid = GridSpec(lab.crs.to_epsg(), lab.transform, lab.width, lab.height)
+        want = read_asset(truth, grid, fill=-1)
+        assert (labels >= 0).mean() > 0.5  # dense, not points
+        np.testing.assert_array_equal(labels[labels >= 0], want[labels >= 0])
+    missing = runner.invoke(app, ["chips", truth, "--catalog", small_world["catalog"], "--out",
+                                  str(tmp_path / "x"), *OPTS])
+    assert missing.exit_code == 2 and "needs --date" in missing.output
+
+
+def test_polygons_in_geojson_are_rasterized_with_their_label(small_world, tmp_path):
+    import json as _json
+
+    from shapely.geometry import box, mapping
+
+    b = small_world["tiles"][0]["lonlat_bounds"]
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    d = 0.002
+    feats = [{"type": "Feature", "geometry": mapping(box(cx - d, cy - d, cx + d, cy + d)),
+              "properties": {"label": "land", "date": "2024-06-26"}}]
+    path = tmp_path / "polys.geojson"
+    path.write_text(_json.dumps({"type": "FeatureCollection", "features": feats}))
+    res = runner.invoke(app, ["chips", str(path), "--catalog", small_world["catalog"],
+                              "--out", str(tmp_path / "p"), *OPTS])
+    assert res.exit_code == 0, res.output
+    idx = gpd.read_parquet(tmp_path / "p" / "index.parquet")
+    assert len(idx) >= 1
+    import rasterio
+
+    labelled = 0
+    for cid in idx["id"]:
+        with rasterio.open(tmp_path / "p" / "labels" / f"{cid}.tif") as lab:
+            arr = lab.read(1)
+        assert set(np.unique(arr)) <= {-1, 0}
+        labelled += int((arr == 0).sum())
+    # a ~320 m square at 30 m covers on the order of 100 pixels
+    assert 60 < labelled < 200

@@ -19,7 +19,8 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 
 @handle_errors
 def chips(
-    observations: Path = typer.Argument(..., help="Observations: CSV, GeoParquet or GeoJSON."),
+    observations: Path = typer.Argument(
+        ..., help="Observations (CSV, GeoParquet, GeoJSON) or a label raster (GeoTIFF + --date)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
     catalog: str = typer.Option(..., "--catalog", help="STAC API URL or local catalogue file."),
     source: str = typer.Option("hls", help="Sensor profile: hls, s2, s1, landsat."),

@@ -13,6 +13,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 from shapely import wkt
 from shapely.geometry import box
 
@@ -20,16 +21,24 @@ from terrastill import __version__
 from terrastill.atomic import atomic_path, remove_stale_temps, write_text_atomic
 from terrastill.catalog import open_catalog
 from terrastill.data.chips import ReadOptions, read_chip
-from terrastill.data.grid import to_crs
+from terrastill.data.grid import GridSpec, to_crs
 from terrastill.data.labels import burn_labels, label_counts
 from terrastill.data.observations import (
     REJECT_COLUMNS,
     ObservationOptions,
+    Observations,
     load_observations,
     strict_error,
 )
-from terrastill.data.plan import ChipTask, attach_items, catalog_collections, group_observations
+from terrastill.data.plan import (
+    ChipTask,
+    attach_items,
+    catalog_collections,
+    group_observations,
+    raster_tasks,
+)
 from terrastill.data.rasters import write_raster
+from terrastill.data.read import read_asset
 from terrastill.data.splits import assign_splits, band_stats
 from terrastill.errors import AssetReadError, BadInputError, NoImageryError
 
@@ -121,8 +130,13 @@ def process_task(task: ChipTask, job: ChipJob, out: str, num_classes: int) -> di
         return {**rec, "status": "rejected",
                 "reason": f"only {frac:.0%} valid pixels over {len(chip.steps)} steps "
                           f"(--min-valid {job.min_valid:.0%})"}
-    labels = burn_labels(task.grid, [wkt.loads(g) for g in task.geoms_wkt], task.labels,
-                         job.label_window)
+    if task.label_raster:
+        labels = raster_labels(task.label_raster, task.grid, num_classes)
+        if not (labels >= 0).any():
+            return {**rec, "status": "rejected", "reason": "no labelled pixel in the chip"}
+    else:
+        labels = burn_labels(task.grid, [wkt.loads(g) for g in task.geoms_wkt], task.labels,
+                             job.label_window)
     steps = chip.step_records()
     band_tags = [{"date": steps[t]["date"], "items": ",".join(steps[t]["items"])}
                  for t in range(len(steps)) for _ in chip.bands]
@@ -137,6 +151,21 @@ def process_task(task: ChipTask, job: ChipJob, out: str, num_classes: int) -> di
     return {**rec, "status": "ok", "steps": steps, "valid_fraction": round(frac, 6),
             "cloud_fraction": round(chip.cloud_fraction, 6),
             "label_counts": label_counts(labels, num_classes)}
+
+
+def raster_labels(path: str, grid: GridSpec, num_classes: int) -> np.ndarray:
+    """Class ids of a label raster on a chip grid (nearest); nodata and unknown ids → -1."""
+    with rasterio.open(path) as src:
+        nodata, dtype = src.nodata, np.dtype(src.dtypes[0])
+    if nodata is not None:
+        fill = nodata
+    elif np.issubdtype(dtype, np.signedinteger) or np.issubdtype(dtype, np.floating):
+        fill = -1
+    else:
+        fill = np.iinfo(dtype).max
+    raw = read_asset(path, grid, fill=fill)
+    ok = (raw != fill) & (raw >= 0) & (raw < num_classes)
+    return np.where(ok, raw, -1).astype(np.int16)
 
 
 def _save_record(out: Path, record: dict) -> None:
@@ -227,16 +256,21 @@ def make_chips(
     """
     out = Path(out)
     job.validate()
-    obs = load_observations(observations, obs_opts)
-    if strict and (err := strict_error(obs)) is not None:
-        raise err
-    if len(obs) == 0:
-        raise BadInputError(f"{observations}: no valid observations "
-                            f"({len(obs.rejected)} rows rejected; first: "
-                            f"{obs.rejected.iloc[0].reason if len(obs.rejected) else '-'})")
+    obs_opts = obs_opts or ObservationOptions()
+    if Path(observations).suffix.lower() in (".tif", ".tiff"):
+        obs, tasks, group_rejects = _label_raster_plan(Path(observations), job, obs_opts)
+    else:
+        obs = load_observations(observations, obs_opts)
+        if strict and (err := strict_error(obs)) is not None:
+            raise err
+        if len(obs) == 0:
+            raise BadInputError(f"{observations}: no valid observations "
+                                f"({len(obs.rejected)} rows rejected; first: "
+                                f"{obs.rejected.iloc[0].reason if len(obs.rejected) else '-'})")
+        tasks, group_rejects = group_observations(obs, job.chip_size, job.resolution,
+                                                  job.min_count)
     cat = open_catalog(catalog)
     collections = catalog_collections(cat, job.read)
-    tasks, group_rejects = group_observations(obs, job.chip_size, job.resolution, job.min_count)
     attach_items(tasks, cat, collections, job.read, job.max_scene_cloud)
 
     run = {"observations": str(Path(observations).resolve()), "catalog": catalog,
@@ -274,6 +308,31 @@ def make_chips(
                        catalog, command)
     return ChipsResult(out, dataset["counts"]["chips"], dataset["counts"]["rejected_rows"],
                        skipped, dataset)
+
+
+def _label_raster_plan(path: Path, job: ChipJob, opts: ObservationOptions):
+    """Chip tasks covering a label raster on one date (``--date``)."""
+    if not path.exists():
+        raise BadInputError(f"{path}: label raster not found")
+    if opts.date is None:
+        raise BadInputError(f"{path}: a label raster needs --date (the labels' date)")
+    day = observation_date(opts.date)
+    if opts.classes:
+        names = list(opts.classes)
+    else:
+        with rasterio.open(path) as src:
+            arr = src.read(1, masked=True)
+        values = np.unique(arr.compressed())
+        values = values[values >= 0]
+        if values.size == 0:
+            raise BadInputError(f"{path}: the label raster has no class ids ≥ 0")
+        names = [str(i) for i in range(int(values.max()) + 1)]
+    tasks = raster_tasks(path, day, job.chip_size, job.resolution)
+    if not tasks:
+        raise BadInputError(f"{path}: the label raster covers no chip")
+    empty = pd.DataFrame(columns=REJECT_COLUMNS)
+    obs = Observations(gpd.GeoDataFrame(geometry=[], crs="EPSG:4326"), empty, names, str(path))
+    return obs, tasks, []
 
 
 def _index_frame(records: Iterable[dict]) -> gpd.GeoDataFrame:

@@ -152,11 +152,16 @@ class ChipDataset(Dataset):
         row = self.index.iloc[i]
         out: dict[str, torch.Tensor] = {}
         dates = None
-        for col in ("datetimes", "step_datetimes", "dates"):
+        for col in ("step_dates", "step_datetimes", "datetimes", "dates"):
             if col in row.index and row[col] is not None:
-                dates = list(row[col])
+                val = row[col]
+                if isinstance(val, str):
+                    val = json.loads(val)
+                dates = [v[0] if isinstance(v, (list, tuple, np.ndarray)) and len(v) else v
+                         for v in val]
                 break
-        tc = [_doy_year(d) for d in dates] if dates else [(0.0, 0.0)] * self.num_steps
+        tc = [_doy_year(d) if d else (0.0, 0.0) for d in dates] if dates else \
+            [(0.0, 0.0)] * self.num_steps
         out["temporal_coords"] = torch.tensor(tc[: self.num_steps], dtype=torch.float32)
         lat = lon = 0.0
         if "lat" in row.index and "lon" in row.index:

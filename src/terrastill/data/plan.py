@@ -6,6 +6,10 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import rasterio
+from shapely.geometry import box
 
 from terrastill.catalog import Catalog, Search, pick_collections
 from terrastill.data.chips import ReadOptions, items_over
@@ -27,6 +31,7 @@ class ChipTask:
     geoms_wkt: list[str]
     labels: list[int]
     items: list[dict] = field(default_factory=list)
+    label_raster: str | None = None  # labels come from this raster instead of observations
 
 
 @dataclass
@@ -88,6 +93,28 @@ def group_observations(obs: Observations, chip_size: int, resolution: float,
         tasks.append(ChipTask(cid, grid, date, [int(r) for r in sub.source_row],
                               [g.wkt for g in sub.geometry], [int(v) for v in sub.label]))
     return tasks, rejected
+
+
+def raster_tasks(path: str | Path, day: dt.date, chip_size: int,
+                 resolution: float) -> list[ChipTask]:
+    """One task per chip cell covering a label raster (labels are read onto each chip)."""
+    try:
+        with rasterio.open(path) as src:
+            crs, bounds = src.crs, src.bounds
+    except rasterio.errors.RasterioIOError as exc:
+        raise BadInputError(f"{path}: not a readable label raster ({exc})") from exc
+    if crs is None:
+        raise BadInputError(f"{path}: the label raster has no coordinate reference system")
+    src_epsg = crs.to_epsg()
+    if src_epsg is None:
+        raise BadInputError(f"{path}: the label raster's CRS has no EPSG code")
+    foot = to_crs(box(*bounds), src_epsg, 4326)
+    c = foot.centroid
+    epsg = utm_epsg(c.x, c.y)
+    grid = ChipGrid(epsg, chip_size, resolution)
+    return [ChipTask(chip_id(epsg, col, row, day), grid.spec(col, row), day, [], [], [],
+                     label_raster=str(Path(path).resolve()))
+            for col, row in grid.cells_covering(to_crs(foot, 4326, epsg))]
 
 
 def attach_items(tasks: list[ChipTask], catalog: Catalog, collections: tuple[str, ...],
