@@ -604,6 +604,13 @@
     map.fitBounds([[x0, y0], [x1, y1]], { padding: 40, duration: 0 });
   }
 
+  // Keep the job list fresh while any job is queued or running (the selected one polls faster).
+  setInterval(() => {
+    if (state.jobs.some((j) => j.status === "queued" || j.status === "running")) {
+      refreshJobs(false).catch(() => {});
+    }
+  }, 5000);
+
   $("date-input").value = new Date().toISOString().slice(0, 10);
   renderBoxList();
   start().catch(showError);
