@@ -221,3 +221,14 @@ def test_ndwi_rule_baseline(chips):
     r = rule_baseline(chips, "test")
     assert r["miou"] > 0.9  # the synthetic water is spectrally obvious
     assert "green" in r["rule"]
+
+
+def test_fit_with_temporal_location_encoding(chips, tmp_path):
+    enc = {**FAST["encoder_overrides"], "coords_encoding": ["time", "location"],
+           "coords_scale_learn": True}
+    path = fit(chips, tmp_path / "tl", TrainOptions(**{**FAST, "epochs": 1,
+                                                       "encoder_overrides": enc}))
+    model = load_model_file(path).model
+    assert model.encoder.temporal_encoding and model.encoder.location_encoding
+    assert "encoder.temporal_embed_enc.scale" in model.state_dict()
+    assert evaluate(path, chips, "test")["n_chips"] > 0

@@ -395,8 +395,7 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
     from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from terrastill.training.metrics import MONITOR
-    from terrastill.training.train import _collate, _quiet_lightning
+    from terrastill.training.train import _quiet_lightning, collate_items
 
     _quiet_lightning()
     L.seed_everything(opt.seed, workers=True, verbose=False)
@@ -411,18 +410,18 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
     module.model.load_state_dict(student.state_dict())
     module.teacher.load_state_dict(ctx.teacher.state_dict())
 
-    metric, mode = MONITOR[ctx.task]
     has_val = len(ctx.val_ds) > 0
-    monitor = f"val_{metric}" if has_val else "train_loss"
-    mode = mode if has_val else "min"
+    # as in fit: val_select = ±metric − 0.001·val_loss, the metric with ties broken by loss
+    monitor = "val_select" if has_val else "train_loss"
+    mode = "max" if has_val else "min"
     gen = torch.Generator().manual_seed(opt.seed)
     bs = min(opt.batch_size, len(ctx.train_ds))
     train_loader = DataLoader(ctx.train_ds, batch_size=bs, shuffle=True, generator=gen,
-                              num_workers=opt.num_workers, collate_fn=_collate,
+                              num_workers=opt.num_workers, collate_fn=collate_items,
                               drop_last=len(ctx.train_ds) % bs == 1,
                               persistent_workers=opt.num_workers > 0)
     val_loader = DataLoader(ctx.val_ds, batch_size=max(bs, 32), shuffle=False,
-                            num_workers=opt.num_workers, collate_fn=_collate)
+                            num_workers=opt.num_workers, collate_fn=collate_items)
 
     class History(Callback):
         def __init__(self) -> None:

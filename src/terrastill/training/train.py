@@ -43,7 +43,7 @@ from terrastill.training.metrics import MONITOR, majority_baseline, make_metrics
 log = logging.getLogger(__name__)
 
 INPUT_SPEC_KEYS = ("source", "bands", "num_steps", "chip_size", "resolution", "temporal_step",
-                   "temporal_tolerance", "max_cloud", "mask_classes")
+                   "temporal_tolerance", "max_cloud", "mask_classes", "resampling")
 
 
 @dataclass
@@ -194,7 +194,8 @@ def rule_baseline(
         img, _ = ds._read(i)
         label = ds[i]["label"]
         a, b = img[:, ia], img[:, ib]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (cloudy) pixels
             idx = np.nanmedian((a - b) / (a + b), axis=0)
         pred = np.where(idx > threshold, positive_class, negative_class)
         logits = torch.nn.functional.one_hot(torch.from_numpy(pred), k).permute(2, 0, 1).float()
