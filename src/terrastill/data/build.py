@@ -41,6 +41,7 @@ from terrastill.data.rasters import write_raster
 from terrastill.data.read import read_asset
 from terrastill.data.splits import assign_splits, band_stats
 from terrastill.errors import AssetReadError, BadInputError, NoImageryError
+from terrastill.scale import dask_client
 
 log = logging.getLogger(__name__)
 
@@ -198,41 +199,20 @@ def _check_run_file(out: Path, run: dict, overwrite: bool) -> None:
             shutil.rmtree(out / sub, ignore_errors=True)
 
 
-def _executor(workers: int, scheduler: str | None):
-    """A dask client for --workers/--scheduler, or None for sequential execution."""
-    if scheduler:
-        from distributed import Client
-
-        return Client(scheduler)
-    if workers > 1:
-        from distributed import Client, LocalCluster
-
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        return Client(cluster)
-    return None
-
-
 def _run_tasks(tasks: Sequence[ChipTask], job: ChipJob, out: Path, num_classes: int,
                workers: int, scheduler: str | None,
                on_done: Callable[[dict], None]) -> None:
-    client = _executor(workers, scheduler)
-    if client is None:
-        for t in tasks:
-            on_done(process_task(t, job, str(out), num_classes))
-        return
-    from distributed import as_completed
+    with dask_client(workers, scheduler) as client:
+        if client is None:
+            for t in tasks:
+                on_done(process_task(t, job, str(out), num_classes))
+            return
+        from distributed import as_completed
 
-    try:
         futures = client.map(process_task, list(tasks), job=job, out=str(out),
                              num_classes=num_classes, pure=False)
         for fut in as_completed(futures):
             on_done(fut.result())
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None and not scheduler:
-            cluster.close()
 
 
 def make_chips(

@@ -35,6 +35,7 @@ from terrastill.errors import (
 from terrastill.inference.aoi import DEFAULT_MAX_AREA_KM2, split_by_zone, validate_aois
 from terrastill.inference.blend import StripAccumulator, window_weight
 from terrastill.inference.cog import RowWriter, publish_cog
+from terrastill.scale import dask_client
 
 log = logging.getLogger(__name__)
 STAGES = ("fetch imagery", "predict", "write COG")
@@ -289,20 +290,6 @@ def _colormap(card: Any) -> dict[int, tuple[int, int, int, int]]:
     return cmap
 
 
-def _executor(req: PredictRequest):
-    if req.scheduler:
-        from distributed import Client
-
-        return Client(req.scheduler)
-    if req.workers > 1:
-        from distributed import Client, LocalCluster
-
-        return Client(LocalCluster(n_workers=req.workers, threads_per_worker=1,
-                                   processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR))
-    return None
-
-
 def predict(request: PredictRequest,
             progress: Callable[[str, float], None] | None = None,
             cancel: threading.Event | None = None) -> PredictResult:
@@ -361,56 +348,50 @@ def predict(request: PredictRequest,
     reasons: list[str] = []
     used_items: set[str] = set()
     done = 0
-    client = _executor(req)
     model_path = str(Path(req.model).resolve())
     tags = {"model": card.name, "date": req.date.isoformat(),
             "software": f"terrastill {__version__}"}
     opened: list[_Zone] = []
-    try:
-        for epsg, _piece, grid, windows, items in zones:
-            zone = _Zone(req, epsg, grid, channels, card.task, size, with_rgb)
-            opened.append(zone)
-            batches = list(_batches(windows, req.batch_size))
-            for grids, outs in _run_batches(client, batches, model_path, req.date, items,
-                                            read, bf16):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("prediction cancelled")
-                t0 = time.perf_counter()
-                for g, o in zip(grids, outs, strict=True):
-                    if o.reason:
-                        reasons.append(o.reason)
-                    used_items.update(o.items)
-                    timings["read"] += o.read_s
-                    timings["inference"] += o.infer_s
-                    zone.add(g, o, weight)
-                timings["write"] += time.perf_counter() - t0
-                done += len(grids)
-                report("fetch imagery", done / total)
-                report("predict", done / total)
-            result.pixels += grid.width * grid.height
-        if reasons and len(reasons) == total:
-            raise NoImageryError(f"no window could be read: {reasons[0]}")
-        report("write COG", 0.0)
-        t0 = time.perf_counter()
-        for i, zone in enumerate(opened):
-            paths = zone.finish(_colormap(card), tags)
-            result.classes.append(paths["classes"])
-            if "probabilities" in paths:
-                result.probabilities.append(paths["probabilities"])
-            if "truecolor" in paths:
-                result.truecolor.append(paths["truecolor"])
-            report("write COG", (i + 1) / len(opened))
-        timings["write"] += time.perf_counter() - t0
-    except BaseException:
-        for zone in opened:
-            zone.abort()
-        raise
-    finally:
-        if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None and not req.scheduler:
-                cluster.close()
+    with dask_client(req.workers, req.scheduler) as client:
+        try:
+            for epsg, _piece, grid, windows, items in zones:
+                zone = _Zone(req, epsg, grid, channels, card.task, size, with_rgb)
+                opened.append(zone)
+                batches = list(_batches(windows, req.batch_size))
+                for grids, outs in _run_batches(client, batches, model_path, req.date, items,
+                                                read, bf16):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("prediction cancelled")
+                    t0 = time.perf_counter()
+                    for g, o in zip(grids, outs, strict=True):
+                        if o.reason:
+                            reasons.append(o.reason)
+                        used_items.update(o.items)
+                        timings["read"] += o.read_s
+                        timings["inference"] += o.infer_s
+                        zone.add(g, o, weight)
+                    timings["write"] += time.perf_counter() - t0
+                    done += len(grids)
+                    report("fetch imagery", done / total)
+                    report("predict", done / total)
+                result.pixels += grid.width * grid.height
+            if reasons and len(reasons) == total:
+                raise NoImageryError(f"no window could be read: {reasons[0]}")
+            report("write COG", 0.0)
+            t0 = time.perf_counter()
+            for i, zone in enumerate(opened):
+                paths = zone.finish(_colormap(card), tags)
+                result.classes.append(paths["classes"])
+                if "probabilities" in paths:
+                    result.probabilities.append(paths["probabilities"])
+                if "truecolor" in paths:
+                    result.truecolor.append(paths["truecolor"])
+                report("write COG", (i + 1) / len(opened))
+            timings["write"] += time.perf_counter() - t0
+        except BaseException:
+            for zone in opened:
+                zone.abort()
+            raise
     timings["total"] = time.perf_counter() - t_start
     result.timings = {k: round(v, 4) for k, v in timings.items()}
     sidecar = {
