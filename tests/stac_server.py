@@ -594,3 +594,94 @@ def datetime_utc(*args: int) -> Any:
     from datetime import UTC, datetime
 
     return datetime(*args, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# Demo-world helpers (terrastill.world.build output) and dataset comparison
+
+
+def world_collections(world_dir: str | os.PathLike[str], items: list[dict[str, Any]]) -> list[dict]:
+    """The world's ``collections/*.json`` (links stripped), plus minimal ones for any other."""
+    folder = Path(world_dir) / "collections"
+    found: dict[str, dict] = {}
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            c = json.loads(p.read_text())
+            c["links"] = []
+            found[c["id"]] = c
+    for cid in sorted({f.get("collection") for f in items if f.get("collection")}):
+        found.setdefault(cid, collection_for(items, cid))
+    return list(found.values())
+
+
+def serve_catalog(
+    service: PgStacService,
+    catalog: str | os.PathLike[str],
+    name: str,
+    asset_base: str | None = None,
+    extensions: Iterable[str] | None = None,
+) -> str:
+    """Serve an ItemCollection file (e.g. WORLD/catalog.json) through a real STAC API.
+
+    ``asset_base``: an ``http://`` URL serving the catalogue's folder; asset hrefs below that
+    folder are rewritten onto it (assets then read over HTTP / through a fault proxy).
+    """
+    catalog = Path(catalog).resolve()
+    items = strip_links(load_item_collection(catalog))
+    if asset_base is not None:
+        root = str(catalog.parent)
+        base = asset_base.rstrip("/")
+        items = rehref(items, lambda h: base + h[len(root):] if h.startswith(root + "/") else h)
+    return service.serve(name, world_collections(catalog.parent, items), items,
+                         extensions=extensions)
+
+
+def dataset_fingerprint(
+    folder: str | os.PathLike[str], replace: dict[str, str] | None = None
+) -> dict[str, str]:
+    """{relative path: sha256} of a chip dataset folder, insensitive to where it came from.
+
+    Images (chips/, labels/) are hashed as bytes. Text and tables (json, csv, parquet) are
+    hashed after replacing each key of ``replace`` by its value (e.g. a STAC API URL by the
+    local catalogue path, an asset server URL by the world folder), so a dataset made from a
+    server and one made from the local file compare equal exactly when they hold the same
+    data. ``dataset.json``'s ``command`` is ignored (it names the catalogue as typed).
+    """
+    import hashlib
+
+    folder = Path(folder)
+    replace = dict(replace or {})
+
+    def norm(text: str) -> str:
+        for a, b in sorted(replace.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(a, b)
+        return text
+
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        if p.suffix == ".parquet":
+            import pandas as pd
+
+            df = pd.read_parquet(p)
+            cells = [[v.hex() if isinstance(v, bytes) else repr(v) for v in row]
+                     for row in df.astype(object).itertuples(index=False)]
+            data = norm(json.dumps({"columns": [str(c) for c in df.columns], "data": cells}))
+        elif p.suffix in (".json", ".csv", ".txt"):
+            text = p.read_text()
+            if rel == "dataset.json":
+                d = json.loads(text)
+                d.pop("command", None)
+                text = json.dumps(d, sort_keys=True)
+            data = norm(text)
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            continue
+        out[rel] = hashlib.sha256(data.encode()).hexdigest()
+    return out
+
+
+def fingerprint_diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

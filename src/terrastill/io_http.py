@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from terrastill.errors import AssetReadError
-from terrastill.retry import DEFAULT_POLICY, TRANSIENT_STATUS, RetryPolicy, retry_call
+from terrastill.retry import TRANSIENT_STATUS, RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +45,7 @@ def netrc_path() -> Path | None:
 
 def gdal_env(
     *,
-    retry: RetryPolicy = DEFAULT_POLICY,
+    retry: RetryPolicy | None = None,
     netrc: bool = True,
     netrc_file: str | os.PathLike[str] | None = None,
     cookie_file: str | os.PathLike[str] | None = None,
@@ -61,8 +61,10 @@ def gdal_env(
     - ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: no directory listing per open.
     - timeouts, and ``GDAL_HTTP_HEADERS`` for extra headers.
 
-    Use as ``with rasterio.Env(**gdal_env()): ...``.
+    Use as ``with rasterio.Env(**gdal_env()): ...``. ``retry`` defaults to ``RetryPolicy()``
+    (which honours the ``TERRASTILL_RETRY_*`` environment variables).
     """
+    retry = retry if retry is not None else RetryPolicy()
     env: dict[str, str] = {
         "GDAL_HTTP_MAX_RETRY": str(max(0, retry.attempts - 1)),
         "GDAL_HTTP_RETRY_DELAY": f"{max(retry.base_delay, 0.001):g}",
@@ -191,7 +193,7 @@ def call_with_retries(
     href: str,
     fn: Callable[[], T],
     *,
-    retry: RetryPolicy = DEFAULT_POLICY,
+    retry: RetryPolicy | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> T:
     """Run ``fn`` (which opens/reads ``href``) with retries suited to that asset.
@@ -203,6 +205,7 @@ def call_with_retries(
     """
     from rasterio.errors import RasterioError
 
+    retry = retry if retry is not None else RetryPolicy()
     remote = is_remote(href)
 
     def once() -> T:
@@ -236,7 +239,7 @@ def call_with_retries(
 def open_raster(
     href: str,
     *,
-    retry: RetryPolicy = DEFAULT_POLICY,
+    retry: RetryPolicy | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Any]:
     """``rasterio.open`` an asset with retries; failures become :class:`AssetReadError`.
@@ -259,7 +262,7 @@ def read_asset(
     href: str,
     read: Callable[[Any], T],
     *,
-    retry: RetryPolicy = DEFAULT_POLICY,
+    retry: RetryPolicy | None = None,
     env: Mapping[str, str] | None = None,
 ) -> T:
     """Open ``href`` and apply ``read(dataset)``, retrying the pair on transient errors.
@@ -281,3 +284,31 @@ def read_asset(
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def header_problem(ds: Any, expected: Mapping[str, Any] | None = None) -> str | None:
+    """Why an opened dataset looks damaged, or ``None``.
+
+    A truncated HTTP answer can make libtiff *ignore* GeoTIFF tags ("tag ignored") instead of
+    failing: the dataset then opens without CRS or geotransform, or with another shape. Check
+    every remote open with this and treat a problem as transient (clear the cache, reopen).
+    ``expected`` may hold STAC ``proj:epsg`` / ``proj:shape`` / ``proj:transform`` (from the
+    asset or its item) to compare with.
+    """
+    if ds.crs is None:
+        return "no CRS in the header (truncated read?)"
+    if ds.transform.is_identity:
+        return "no geotransform in the header (truncated read?)"
+    if expected:
+        epsg = expected.get("proj:epsg")
+        if epsg is not None and ds.crs.to_epsg() != int(epsg):
+            return f"CRS EPSG:{ds.crs.to_epsg()} but the item says EPSG:{epsg}"
+        shape = expected.get("proj:shape")
+        if shape is not None and tuple(shape) != (ds.height, ds.width):
+            return f"shape {(ds.height, ds.width)} but the item says {tuple(shape)}"
+        tr = expected.get("proj:transform")
+        if tr is not None and any(
+            abs(a - b) > 1e-6 for a, b in zip(tuple(ds.transform)[:6], tr[:6], strict=False)
+        ):
+            return "geotransform differs from the item's proj:transform"
+    return None

@@ -9,10 +9,11 @@ assets are retried with the same limits.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,23 @@ def is_transient_status(status: int | None) -> bool:
     return status is None or status in TRANSIENT_STATUS
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, value, default)
+        return default
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry: ``attempts`` tries in all, delays capped.
+
+    Defaults come from ``TERRASTILL_RETRY_ATTEMPTS`` / ``TERRASTILL_RETRY_BASE_DELAY`` /
+    ``TERRASTILL_RETRY_MAX_DELAY`` when set (read when a policy is made), else 5 / 0.2 s / 8 s.
 
     The delay after failed try ``k`` (0-based) is ``min(max_delay, base_delay * 2**k)`` scaled by
     a random factor in ``[1 - jitter, 1]`` ("equal jitter"), so clients that failed together do
@@ -37,9 +52,11 @@ class RetryPolicy:
     RNG.
     """
 
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 8.0
+    attempts: int = field(default_factory=lambda: int(_env_float("TERRASTILL_RETRY_ATTEMPTS", 5)))
+    base_delay: float = field(
+        default_factory=lambda: _env_float("TERRASTILL_RETRY_BASE_DELAY", 0.2)
+    )
+    max_delay: float = field(default_factory=lambda: _env_float("TERRASTILL_RETRY_MAX_DELAY", 8.0))
     jitter: float = 0.5
     seed: int | None = None
 
@@ -65,7 +82,7 @@ class RetryPolicy:
         return cls(attempts=attempts, base_delay=0.005, max_delay=0.05, jitter=0.5, seed=0)
 
 
-DEFAULT_POLICY = RetryPolicy()
+DEFAULT_POLICY = RetryPolicy()  # as configured at import; prefer ``RetryPolicy()`` at call time
 NO_RETRY = RetryPolicy(attempts=1)
 
 

@@ -24,7 +24,7 @@ import pystac
 
 from terrastill.catalog.base import Search, sort_items
 from terrastill.errors import BadInputError, CatalogError, NotFoundError
-from terrastill.retry import DEFAULT_POLICY, RetryPolicy, is_transient_status, retry_call
+from terrastill.retry import RetryPolicy, is_transient_status, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class StacApiCatalog:
         *,
         headers: Mapping[str, str] | None = None,
         page_limit: int = 100,
-        retry: RetryPolicy = DEFAULT_POLICY,
+        retry: RetryPolicy | None = None,
         sign: str | None = "auto",
         netrc: bool = True,
         timeout: float | None = 30,
@@ -186,6 +186,7 @@ class StacApiCatalog:
             raise BadInputError(f"filter_mode must be one of {FILTER_MODES}, not {filter_mode!r}")
         if sign not in ("auto", "planetary-computer", None):
             raise BadInputError(f"sign must be 'auto', 'planetary-computer' or None, not {sign!r}")
+        retry = retry if retry is not None else RetryPolicy()
         self.url = url.rstrip("/")
         self.location = self.url
         self.page_limit = page_limit
