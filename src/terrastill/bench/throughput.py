@@ -389,7 +389,7 @@ def _loader_factory(chips_dir: Path, bm: BenchModel, num_workers: int
 
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
     from terrastill.models.modelfile import check_input_spec
-    from terrastill.training.train import _collate
+    from terrastill.training.train import collate_items
 
     meta = read_dataset_meta(chips_dir)
     if bm.input_spec:
@@ -401,7 +401,7 @@ def _loader_factory(chips_dir: Path, bm: BenchModel, num_workers: int
 
     def make(batch_size: int) -> Any:
         return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          collate_fn=_collate, persistent_workers=num_workers > 0,
+                          collate_fn=collate_items, persistent_workers=num_workers > 0,
                           drop_last=len(ds) >= batch_size)
 
     return make
