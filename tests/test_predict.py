@@ -274,3 +274,29 @@ def test_precision_calibration_is_recorded_and_read_by_auto(flood_model, flood_d
     assert use_bf16("auto", card) == verdict["bf16_ok"]
     card.precision = {**verdict, "bf16_ok": False}
     assert use_bf16("auto", card) is False and use_bf16("bf16", card) is True
+
+
+def test_predict_over_a_named_band_geotiff(flood_model, flood_dataset, tmp_path):
+    """A chip file is a GeoTIFF with t0:blue... descriptions: --image on it must give the same
+    classes as --chips (one window, same tensors)."""
+    chip = sorted((flood_dataset / "chips").glob("*.tif"))[0]
+    res = runner.invoke(app, ["predict", str(flood_model), "--image", str(chip), "--out",
+                              str(tmp_path / "img"), "--name", "scene"])
+    assert res.exit_code == 0, res.output
+    ref = runner.invoke(app, ["predict", str(flood_model), "--chips", str(flood_dataset),
+                              "--out", str(tmp_path / "chips")])
+    assert ref.exit_code == 0, ref.output
+    with rasterio.open(tmp_path / "img" / f"scene_{_epsg(chip)}_classes.tif") as a, \
+            rasterio.open(tmp_path / "chips" / chip.name) as b:
+        assert a.transform == b.transform
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    with rasterio.open(chip) as src:
+        names = ",".join(f"t{i // 6}:b{i}" for i in range(src.count))
+    bad = runner.invoke(app, ["predict", str(flood_model), "--image", str(chip), "--out",
+                              str(tmp_path / "bad"), "--image-bands", names])
+    assert bad.exit_code == 2 and "no band named 't0:blue'" in bad.output
+
+
+def _epsg(path: Path) -> int:
+    with rasterio.open(path) as src:
+        return src.crs.to_epsg()

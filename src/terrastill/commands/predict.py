@@ -33,6 +33,14 @@ def predict(
     name: str = typer.Option("prediction", "--name", help="Product file name prefix."),
     chips_dir: Path | None = typer.Option(None, "--chips",
                                           help="Predict every chip of a chip dataset instead."),
+    image: Path | None = typer.Option(None, "--image",
+                                      help="Predict over a multi-band GeoTIFF instead."),
+    image_bands: str | None = typer.Option(
+        None, "--image-bands",
+        help="Names of the image's bands in order (t0:red,... or red,... for T=1); "
+             "default: the band descriptions."),
+    scale: float = typer.Option(1.0, "--scale", help="--image: value × scale + offset."),
+    offset: float = typer.Option(0.0, "--offset", help="--image: added after scaling."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -55,6 +63,19 @@ def predict(
             n = predict_chips(model, chips_dir, out, batch_size=batch_size, precision=precision,
                               progress=lambda d, t: bar.update(task, completed=d, total=t))
         console.print(f"[green]✓[/] {n} chip predictions in {out}")
+        return
+
+    if image is not None:
+        from terrastill.inference.image import predict_image
+
+        names = [v.strip() for v in image_bands.split(",")] if image_bands else None
+        with progress_bar("windows", console) as bar:
+            task = bar.add_task("predict image", total=100)
+            res = predict_image(model, image, out, names, scale, offset, overlap, batch_size,
+                                precision, name, probabilities,
+                                lambda _s, f: bar.update(task, completed=round(f * 100)))
+        for p in res.classes + res.probabilities + res.truecolor:
+            console.print(f"[green]✓[/] {p}")
         return
 
     from shapely.geometry.base import BaseGeometry

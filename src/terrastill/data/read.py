@@ -101,18 +101,19 @@ class _OpenDatasets(threading.local):
 _DATASETS = _OpenDatasets()
 
 
-def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float) -> np.ndarray:
+def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float,
+               band: int = 1) -> np.ndarray:
     try:
         with gdal_session():
-            return _read_open(_DATASETS.get(href), grid, resampling, fill)
+            return _read_open(_DATASETS.get(href), grid, resampling, fill, band)
     except RasterioError:
         _DATASETS.drop(href)  # a retry reopens it
         raise
 
 
 def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampling,
-               fill: float) -> np.ndarray:
-    dtype = src.dtypes[0]
+               fill: float, band: int = 1) -> np.ndarray:
+    dtype = src.dtypes[band - 1]
     out = np.full((grid.height, grid.width), fill, dtype=dtype)
     win = _aligned_window(src, grid)
     if win is not None:
@@ -121,7 +122,7 @@ def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
         c1 = min(src.width, win.col_off + win.width)
         r1 = min(src.height, win.row_off + win.height)
         if c1 > c0 and r1 > r0:
-            part = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            part = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
             oc, orow = c0 - win.col_off, r0 - win.row_off
             out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
         return out
@@ -131,7 +132,7 @@ def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
     with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
                    height=grid.height, resampling=resampling, nodata=fill, tolerance=1e-6,
                    src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
-        return vrt.read(1, out_dtype=dtype)
+        return vrt.read(band, out_dtype=dtype)
 
 
 def read_asset(
@@ -140,14 +141,15 @@ def read_asset(
     fill: float,
     resampling: Resampling = Resampling.nearest,
     policy: RetryPolicy | None = None,
+    band: int = 1,
 ) -> np.ndarray:
-    """Read band 1 of ``href`` onto ``grid``; pixels the asset does not cover get ``fill``.
+    """Read ``band`` of ``href`` onto ``grid``; pixels the asset does not cover get ``fill``.
 
     Transient remote failures are retried; anything else (missing file, corrupt tiles) becomes
     an :class:`AssetReadError` naming the asset.
     """
     try:
-        return retry_call(lambda: _read_once(href, grid, resampling, fill), what=href,
+        return retry_call(lambda: _read_once(href, grid, resampling, fill, band), what=href,
                           is_transient=_is_transient, policy=policy or RetryPolicy())
     except RasterioError as exc:
         transient = _is_transient(exc)

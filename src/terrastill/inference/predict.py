@@ -130,11 +130,27 @@ def use_bf16(precision: str, card: Any) -> bool:
     return ok and bool(amx)
 
 
+def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool) -> np.ndarray:
+    """Model outputs for normalised (C, T, H, W) tensors as per-pixel maps (N, K, H, W):
+    class probabilities, regression values, or a chip class spread over its pixels."""
+    import torch
+
+    device = next(loaded.model.parameters()).device
+    batch = torch.stack(list(tensors)).to(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                enabled=bf16):
+        y = loaded.model(batch).float()
+    task = loaded.card.task
+    if task == "segmentation":
+        y = torch.softmax(y, dim=1)
+    elif task == "classification":
+        y = torch.softmax(y, dim=1)[:, :, None, None].expand(-1, -1, *batch.shape[-2:])
+    return y.cpu().numpy()
+
+
 def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
                   items: Sequence[dict], read: ReadOptions, bf16: bool) -> list[WindowOutput]:
     """Read and run the model on a batch of windows. Pure: runs the same on a Dask worker."""
-    import torch
-
     from terrastill.data.normalize import normalize_chip
 
     loaded = _load(model_path)
@@ -163,16 +179,7 @@ def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
         idx.append(len(outs) - 1)
     if tensors:
         t0 = time.perf_counter()
-        device = next(loaded.model.parameters()).device
-        batch = torch.stack(tensors).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=bf16):
-            y = loaded.model(batch).float()
-        if card.task == "segmentation":
-            y = torch.softmax(y, dim=1)
-        elif card.task == "classification":
-            y = torch.softmax(y, dim=1)[:, :, None, None].expand(-1, -1, *batch.shape[-2:])
-        y = y.cpu().numpy()
+        y = run_model(loaded, tensors, bf16)
         dt_inf = (time.perf_counter() - t0) / len(tensors)
         for j, k in enumerate(idx):
             o = outs[k]
@@ -253,7 +260,10 @@ class _Zone:
     def add(self, g: GridSpec, out: WindowOutput, weight: np.ndarray) -> None:
         row = int(round((self.grid.transform.f - g.transform.f) / -g.transform.e))
         col = int(round((g.transform.c - self.grid.transform.c) / g.transform.a))
-        w = weight * out.valid if out.values.size else np.zeros_like(weight)
+        # a window that is mostly missing data (cloud, swath edge) gives its few valid pixels
+        # little context, so it counts in proportion to its valid share
+        w = (weight * out.valid * out.valid.mean() if out.values.size
+             else np.zeros_like(weight))
         vals = out.values if out.values.size else np.zeros((self.acc.channels, *weight.shape),
                                                            np.float32)
         self.acc.add(row, col, vals, w)
