@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""End-to-end prediction throughput vs model-only throughput, and peak memory vs AOI size.
+
+For each model file: ``predict`` over an AOI of the demo world (read, inference and write
+time), the same model's throughput on synthetic batches from ``terrastill bench``'s
+``measure`` in the same run, the ratio end-to-end / model-only, and the peak RSS of a
+prediction over a small AOI and over one with 4× its area (each in a fresh process).
+
+    python scripts/bench_predict.py --world demo-out/world \
+        demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from terrastill.bench.throughput import load_bench_model, measure
+from terrastill.inference.aoi import area_km2, bbox_aoi
+from terrastill.inference.predict import PredictRequest, predict
+from terrastill.world.build import load_manifest
+
+_CHILD = """
+import datetime as dt, json, resource, sys
+from pathlib import Path
+from terrastill.inference.aoi import bbox_aoi
+from terrastill.inference.predict import PredictRequest, predict
+model, catalog, date, out, *bbox = sys.argv[1:]
+r = predict(PredictRequest(model=Path(model), aois=[bbox_aoi([float(v) for v in bbox])],
+            date=dt.date.fromisoformat(date), out_dir=Path(out), catalog=catalog,
+            precision="fp32"))
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "pixels": r.pixels, "windows": r.windows}))
+"""
+
+
+def sub_bbox(bbox: list[float], frac: float) -> list[float]:
+    """A box around the centre of ``bbox`` with ``frac`` of its width and height."""
+    cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
+    hw, hh = (bbox[2] - bbox[0]) * frac / 2, (bbox[3] - bbox[1]) * frac / 2
+    return [cx - hw, cy - hh, cx + hw, cy + hh]
+
+
+def peak_memory(model: Path, catalog: str, date: dt.date, bbox: list[float]) -> dict:
+    """Peak RSS of one prediction in a fresh interpreter."""
+    with tempfile.TemporaryDirectory() as out:
+        res = subprocess.run([sys.executable, "-c", _CHILD, str(model), catalog,
+                              date.isoformat(), out, *map(str, bbox)],
+                             capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5.0) -> dict:
+    m = load_manifest(world)
+    date = dt.date.fromisoformat(m["tasks"]["flood"]["date"]) + dt.timedelta(days=12)
+    bbox = sub_bbox(m["bbox"], 0.5)
+    rows = []
+    for model in models:
+        with tempfile.TemporaryDirectory() as out:
+            r = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
+                                       out_dir=Path(out), catalog=m["catalog"],
+                                       batch_size=batch_size, precision="fp32"))
+        t = r.timings
+        bm = load_bench_model(str(model))
+        timing = measure(bm, device="cpu", precision="fp32", compile=False,
+                         batch_size=batch_size, seconds=seconds, warmup=2)
+        e2e = r.windows / t["total"]
+        small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], 0.25))
+        large = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], 0.5))
+        rows.append({
+            "model": model.name, "depth": bm.depth, "windows": r.windows, "pixels": r.pixels,
+            "aoi_km2": round(area_km2(bbox_aoi(bbox)), 1),
+            "read_s": t["read"], "inference_s": t["inference"], "write_s": t["write"],
+            "total_s": t["total"], "e2e_windows_per_s": round(e2e, 2),
+            "e2e_pixels_per_s": round(r.pixels / t["total"]),
+            "model_only_img_per_s": round(timing.img_s, 2),
+            "e2e_over_model_only": round(e2e / timing.img_s, 3),
+            "peak_rss_mb_small_aoi": round(small["peak_rss_mb"]),
+            "peak_rss_mb_4x_aoi": round(large["peak_rss_mb"]),
+            "pixels_small_vs_4x": [small["pixels"], large["pixels"]],
+        })
+    return {"date": date.isoformat(), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    res = run(args.world, args.models, args.batch_size, args.seconds)
+    table = Table(title=f"prediction throughput (one run, {res['date']})")
+    table.add_column("measure")
+    for r in res["rows"]:
+        table.add_column(r["model"])
+    for key in ("depth", "windows", "pixels", "aoi_km2", "read_s", "inference_s", "write_s",
+                "total_s", "e2e_windows_per_s", "e2e_pixels_per_s", "model_only_img_per_s",
+                "e2e_over_model_only", "peak_rss_mb_small_aoi", "peak_rss_mb_4x_aoi"):
+        table.add_row(key, *[str(r[key]) for r in res["rows"]])
+    Console().print(table)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
