@@ -117,6 +117,8 @@ def resolve_weights(source: str | os.PathLike[str],
         if len(parts) < 3:
             raise BadInputError(f"{text}: expected hf://org/name/file")
         return hub_download("/".join(parts[:2]), "/".join(parts[2:]), cache_dir), None
+    if text.lower().endswith((*TORCH_SUFFIXES, ".safetensors")) and ":" not in text:
+        raise NotFoundError(f"{text}: no such weights file")
     repo, _, filename = text.partition(":")
     if repo.count("/") == 1 and not text.startswith((".", "/", "~")):
         spec = next((get_spec(n) for n, s in SPECS.items()

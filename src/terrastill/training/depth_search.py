@@ -146,7 +146,8 @@ def rich_table(rows: Sequence[dict[str, Any]], title: str = "depth search") -> A
 
 
 def plot_search(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
-                title: str = "accuracy vs cost") -> Path:
+                title: str = "accuracy vs cost", tolerance: float | None = None,
+                mode: str = "max") -> Path:
     """PNG: validation metric against encoder MACs (log x), one point per depth."""
     import matplotlib
 
@@ -170,6 +171,11 @@ def plot_search(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
         ax.scatter([teacher["encoder_macs"] / 1e6], [teacher["metric"]], marker="*", s=160,
                    color="#d62728", label=f"teacher ({teacher['depth']} blocks)", zorder=3)
         ax.axhline(teacher["metric"], color="#d62728", lw=0.6, ls=":")
+        if tolerance is not None:
+            t = float(teacher["metric"])
+            thr = t - tolerance / 100.0 if mode == "max" else t * (1 + tolerance / 100.0)
+            ax.axhline(thr, color="#7f7f7f", lw=0.8, ls="--",
+                       label=f"tolerance ({tolerance:g} {'pp' if mode == 'max' else '%'})")
     final = next((r for r in rows if r.get("role") == "student"), None)
     if final and _finite(final.get("metric")):
         ax.scatter([final["encoder_macs"] / 1e6], [final["metric"]], marker="D", s=60,
@@ -190,7 +196,8 @@ def plot_search(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
 
 
 def write_search_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
-                        title: str = "depth search") -> dict[str, Path]:
+                        title: str = "depth search", tolerance: float | None = None,
+                        mode: str = "max") -> dict[str, Path]:
     """``search.csv``, ``search.json`` and ``search.png`` in ``out_dir``."""
     from terrastill.atomic import write_text_atomic
 
@@ -204,5 +211,5 @@ def write_search_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLi
             w.writerow({k: "" if v is None else v for k, v in r.items()})
     os.replace(out / "search.csv.tmp", out / "search.csv")
     write_text_atomic(out / "search.json", json.dumps(clean, indent=2))
-    png = plot_search(rows, out / "search.png", title=title)
+    png = plot_search(rows, out / "search.png", title=title, tolerance=tolerance, mode=mode)
     return {"csv": out / "search.csv", "json": out / "search.json", "png": png}

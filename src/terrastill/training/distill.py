@@ -612,7 +612,8 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     if search_rows is not None:
         table = [teacher_row, *search_rows, student_row]
         depth_search.write_search_report(table, out, title=f"{ctx.card.name}: student depth "
-                                         f"search ({metric_name}, tolerance {opt.tolerance})")
+                                         f"search ({metric_name}, tolerance {opt.tolerance})",
+                                         tolerance=opt.tolerance, mode=mode)
 
     strip = ("confusion",)
     t_metrics = _clean({s: {k: v for k, v in r.items() if k not in strip}
