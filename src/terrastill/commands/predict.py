@@ -25,6 +25,7 @@ def predict(
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction."),
     precision: str = typer.Option("auto", "--precision", help="fp32, bf16 or auto."),
     batch_size: int = typer.Option(8, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     probabilities: bool = typer.Option(False, "--probabilities",
                                        help="Also write per-class probabilities (percent)."),
     workers: int = typer.Option(0, "--workers", help="Local Dask worker processes."),
@@ -61,6 +62,7 @@ def predict(
         with progress_bar("chips", console) as bar:
             task = bar.add_task("predict chips", total=None)
             n = predict_chips(model, chips_dir, out, batch_size=batch_size, precision=precision,
+                              device=device,
                               progress=lambda d, t: bar.update(task, completed=d, total=t))
         console.print(f"[green]✓[/] {n} chip predictions in {out}")
         return
@@ -72,7 +74,7 @@ def predict(
         with progress_bar("windows", console) as bar:
             task = bar.add_task("predict image", total=100)
             res = predict_image(model, image, out, names, scale, offset, overlap, batch_size,
-                                precision, name, probabilities,
+                                precision, name, probabilities, device,
                                 lambda _s, f: bar.update(task, completed=round(f * 100)))
         for p in res.classes + res.probabilities + res.truecolor:
             console.print(f"[green]✓[/] {p}")
@@ -97,7 +99,7 @@ def predict(
         aois += file_aois(p)
     req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
                          max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
-                         precision=precision, batch_size=batch_size,
+                         precision=precision, device=device, batch_size=batch_size,
                          write_probabilities=probabilities, workers=workers,
                          scheduler=scheduler, max_area_km2=max_area, name=name)
     with progress_bar("windows", console) as bar:

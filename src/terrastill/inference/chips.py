@@ -24,23 +24,22 @@ def check_spec(spec: dict, dataset: dict, where: str) -> None:
 
 
 def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
-                  precision: str = "auto",
+                  precision: str = "auto", device: str = "auto",
                   progress: Callable[[int, int], None] | None = None) -> int:
     """Write ``out/<id>.tif`` class ids (uint8, nodata 255) for every chip; return the count."""
-    import torch
-
     from terrastill.data.normalize import normalize_chip
-    from terrastill.inference.predict import _load, use_bf16
+    from terrastill.inference.predict import _load, resolve_device, run_model, use_bf16
 
     ds_path = Path(chips_dir) / "dataset.json"
     if not ds_path.exists():
         raise BadInputError(f"{chips_dir}: not a chip dataset (no dataset.json)")
     dataset = json.loads(ds_path.read_text())
-    loaded = _load(str(Path(model).resolve()))
+    device = resolve_device(device)
+    loaded = _load(str(Path(model).resolve()), device)
     card = loaded.card
     spec = card.input_spec
     check_spec(spec, dataset, str(chips_dir))
-    bf16 = use_bf16(precision, card)
+    bf16 = use_bf16(precision, card, device)
     index = gpd.read_parquet(Path(chips_dir) / "index.parquet")
     ids = list(index["id"])
     T, C = int(spec["num_steps"]), len(spec["bands"])
@@ -55,14 +54,13 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
             x, valid = normalize_chip(arr, spec["mean"], spec["std"])
             xs.append(x)
             valids.append(np.asarray(valid, dtype=bool))
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = loaded.model(torch.stack(xs)).float()
+        y = run_model(loaded, xs, bf16)
         for cid, yi, valid, grid in zip(batch_ids, y, valids, grids, strict=True):
             if card.task == "regression":
-                vals = np.where(valid, yi[0].numpy(), np.nan).astype(np.float32)
+                vals = np.where(valid, yi[0], np.nan).astype(np.float32)
                 write_raster(Path(out) / f"{cid}.tif", vals, grid, float("nan"), ["value"])
             else:
-                cls = np.where(valid, yi.argmax(0).numpy(), 255).astype(np.uint8)
+                cls = np.where(valid, yi.argmax(0), 255).astype(np.uint8)
                 write_raster(Path(out) / f"{cid}.tif", cls, grid, 255, ["class"])
         done += len(batch_ids)
         if progress:

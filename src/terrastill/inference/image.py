@@ -25,6 +25,7 @@ from terrastill.inference.predict import (
     _colormap,
     _load,
     _Zone,
+    resolve_device,
     run_model,
     use_bf16,
 )
@@ -65,7 +66,7 @@ def band_indices(names: Sequence[str], bands: Sequence[str], steps: int,
 def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[str] | None = None,
                   scale: float = 1.0, offset: float = 0.0, overlap: float = 0.25,
                   batch_size: int = 8, precision: str = "auto", name: str = "prediction",
-                  write_probabilities: bool = False,
+                  write_probabilities: bool = False, device: str = "auto",
                   progress: Callable[[str, float], None] | None = None) -> PredictResult:
     """Predict over the whole of ``image`` on its own grid; returns the products."""
     from terrastill.data.normalize import normalize_chip
@@ -73,7 +74,8 @@ def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[
     t_start = time.perf_counter()
     if not Path(image).exists():
         raise NotFoundError(f"{image}: image not found")
-    loaded = _load(str(Path(model).resolve()))
+    device = resolve_device(device)
+    loaded = _load(str(Path(model).resolve()), device)
     card, spec = loaded.card, loaded.card.input_spec
     steps, bands = int(spec["num_steps"]), list(spec["bands"])
     with rasterio.open(image) as src:
@@ -93,7 +95,7 @@ def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[
         b in bands for b in ("red", "green", "blue")) else None
     channels = 1 if card.task == "regression" else len(card.class_names)
     zone = _Zone(req, epsg, grid, channels, card.task, size, rgb_idx is not None)
-    bf16 = use_bf16(precision, card)
+    bf16 = use_bf16(precision, card, device)
     weight = window_weight(size)
     fill = nodata if nodata is not None else np.nan
     timings = {"read": 0.0, "inference": 0.0, "write": 0.0}

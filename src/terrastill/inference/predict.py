@@ -61,6 +61,7 @@ class PredictRequest:
     tolerance: int | None = None
     overlap: float = 0.25
     precision: str = "auto"
+    device: str = "auto"
     batch_size: int = 8
     write_probabilities: bool = False
     workers: int = 0
@@ -95,11 +96,27 @@ class WindowOutput:
     infer_s: float = 0.0
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device}: no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BadInputError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device
+
+
 @lru_cache(maxsize=4)
-def _load(model_path: str) -> Any:
+def _load(model_path: str, device: str = "cpu") -> Any:
+    """A model file loaded once per process and device (workers reuse it across batches)."""
     from terrastill.models.modelfile import load_model_file
 
-    return load_model_file(model_path)
+    loaded = load_model_file(model_path)
+    loaded.model.to(device).eval()
+    return loaded
 
 
 def read_options(spec: dict, max_cloud: float | None, tolerance: int | None) -> ReadOptions:
@@ -113,7 +130,7 @@ def read_options(spec: dict, max_cloud: float | None, tolerance: int | None) -> 
                        is not None else None, resampling=spec.get("resampling", "nearest"))
 
 
-def use_bf16(precision: str, card: Any) -> bool:
+def use_bf16(precision: str, card: Any, device: str = "cpu") -> bool:
     """Whether to run under bf16 autocast: asked for, or 'auto' and measured harmless."""
     import torch
 
@@ -124,8 +141,8 @@ def use_bf16(precision: str, card: Any) -> bool:
     if precision != "auto":
         raise BadInputError(f"--precision {precision!r}: expected fp32, bf16 or auto")
     ok = bool((getattr(card, "precision", None) or {}).get("bf16_ok"))
-    if torch.cuda.is_available():
-        return ok
+    if device.startswith("cuda"):
+        return ok and torch.cuda.is_bf16_supported()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return ok and bool(amx)
 
@@ -149,11 +166,12 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool) -> np.ndarray:
 
 
 def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
-                  items: Sequence[dict], read: ReadOptions, bf16: bool) -> list[WindowOutput]:
+                  items: Sequence[dict], read: ReadOptions, bf16: bool,
+                  device: str = "cpu") -> list[WindowOutput]:
     """Read and run the model on a batch of windows. Pure: runs the same on a Dask worker."""
     from terrastill.data.normalize import normalize_chip
 
-    loaded = _load(model_path)
+    loaded = _load(model_path, device)
     card = loaded.card
     spec = card.input_spec
     outs: list[WindowOutput | None] = []
@@ -312,7 +330,8 @@ def predict(request: PredictRequest,
     if not 0 <= req.overlap < 1:
         raise BadInputError(f"--overlap {req.overlap}: expected a fraction in [0, 1)")
     aois = validate_aois(req.aois, req.max_area_km2)
-    loaded = _load(str(Path(req.model).resolve()))
+    device = resolve_device(req.device)
+    loaded = _load(str(Path(req.model).resolve()), device)
     card = loaded.card
     spec = card.input_spec
     read = read_options(spec, req.max_cloud, req.tolerance)
@@ -324,7 +343,7 @@ def predict(request: PredictRequest,
         collections = catalog_collections(cat, read)
     except BadInputError as exc:
         raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
-    bf16 = use_bf16(req.precision, card)
+    bf16 = use_bf16(req.precision, card, device)
     _check_output(req.out_dir)
 
     size = int(spec["chip_size"])
@@ -369,7 +388,7 @@ def predict(request: PredictRequest,
                 opened.append(zone)
                 batches = list(_batches(windows, req.batch_size))
                 for grids, outs in _run_batches(client, batches, model_path, req.date, items,
-                                                read, bf16):
+                                                read, bf16, device):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("prediction cancelled")
                     t0 = time.perf_counter()
@@ -412,6 +431,7 @@ def predict(request: PredictRequest,
         "aois": [mapping(a) for a in aois],
         "zones": [{"epsg": z[0], "grid": z[2].to_dict(), "windows": len(z[3])} for z in zones],
         "parameters": {"overlap": req.overlap, "precision": "bf16" if bf16 else "fp32",
+                       "device": device,
                        "batch_size": req.batch_size, **read.to_dict()},
         "items": sorted(used_items),
         "acquisition_dates": sorted({a.date for z in zones for a in group_acquisitions(
@@ -429,19 +449,19 @@ def predict(request: PredictRequest,
 
 def _run_batches(client: Any, batches: list[list[GridSpec]], model_path: str, date: dt.date,
                  items: list[dict], read: ReadOptions,
-                 bf16: bool) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+                 bf16: bool, device: str) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
     """Yield (grids, outputs) batch by batch, in order; on Dask with a bounded queue."""
     if client is None:
         for grids in batches:
             sub = items_over(items, _union_grid(grids))
-            yield grids, infer_windows(model_path, grids, date, sub, read, bf16)
+            yield grids, infer_windows(model_path, grids, date, sub, read, bf16, device)
         return
     ahead = max(2, 2 * len(client.scheduler_info().get("workers", {})))
     futures: list[Any] = []
     for grids in batches:
         sub = items_over(items, _union_grid(grids))  # only the items this batch can touch
         futures.append((grids, client.submit(infer_windows, model_path, grids, date, sub,
-                                             read, bf16, pure=False)))
+                                             read, bf16, device, pure=False)))
         if len(futures) >= ahead:
             g, f = futures.pop(0)
             yield g, f.result()
