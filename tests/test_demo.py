@@ -1,0 +1,33 @@
+"""The README's main command, end to end, at --quick size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rio_cogeo.cogeo import cog_validate
+from typer.testing import CliRunner
+
+from terrastill.cli import app
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_resumes(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", str(out), "--quick"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chips"]["chips"] > 5
+    assert {"teacher", "student"} <= set(summary)
+    assert summary["teacher"]["precision"]["metric"] == "miou"
+    for cog in summary["prediction"]["classes"]:
+        assert cog_validate(cog, quiet=True)[0]
+    scores = summary["prediction"]["vs_truth"]
+    assert scores and all(s["accuracy"] > 0.8 for s in scores.values()), scores
+    assert sorted(p.name for p in (out / "serve-models").glob("*.pt")) == [
+        "flood-student.pt", "flood-teacher.pt"]
+    assert "prediction COG" in res.output
+    again = runner.invoke(app, ["demo", str(out), "--quick"])  # every stage is reused
+    assert again.exit_code == 0, again.output
+    assert "fine-tuning" not in again.output and "distilling" not in again.output
