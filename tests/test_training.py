@@ -181,6 +181,8 @@ def test_determinism_and_resume(chips, tmp_path):
     fit(chips, tmp_path / "a", TrainOptions(**{**opts, "epochs": 2, "resume": True}))
     hist = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
+    last = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # 0-based: the second epoch, whatever the best one was
     c = load_model_file(tmp_path / "a" / "model.pt").model.state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a)
 

@@ -324,9 +324,13 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             self.rows = list(state.get("rows", []))
 
     history = History()
+    # best.ckpt: the selected epoch; last.ckpt: every epoch's end, for --resume (Lightning's
+    # save_last only copies a checkpoint when the monitored one improves)
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                              save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks: list[Any] = [history, ckpt_cb,
+                              save_top_k=1, enable_version_counter=False)
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                              every_n_epochs=1, enable_version_counter=False)
+    callbacks: list[Any] = [history, ckpt_cb, last_cb,
                             EarlyStopping(monitor=monitor, mode=mode, patience=opt.patience)]
     if opt.progress:
         from lightning.pytorch.callbacks import RichProgressBar
