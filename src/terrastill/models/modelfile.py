@@ -151,12 +151,13 @@ def save_model_file(path: str | os.PathLike[str], model: nn.Module, card: ModelC
     return path
 
 
-def _read(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+def _read(path: str | os.PathLike[str], map_location: Any = "cpu",
+          mmap: bool = False) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise NotFoundError(f"{p}: no such model file")
     try:
-        payload = torch.load(p, map_location=map_location, weights_only=True)
+        payload = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for a non-checkpoint file
         raise BadInputError(f"{p}: not a terrastill model file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -168,8 +169,8 @@ def _read(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, 
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The card alone (weights are loaded to CPU memory but no module is built)."""
-    return ModelCard.from_dict(_read(path)["card"])
+    """The card alone: the weights are memory-mapped, not read, and no module is built."""
+    return ModelCard.from_dict(_read(path, mmap=True)["card"])
 
 
 def load_model_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> LoadedModel:
