@@ -1,0 +1,38 @@
+"""The benchmark scripts run on the tiny world and report self-consistent figures."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_bench_chips_reports_rates_and_ratios(small_world):
+    res = load("bench_chips").run(Path(small_world["root"]), "flood", workers=(1,), chip_size=16)
+    w1 = res["workers_1"]
+    assert w1["chips"] > 0 and w1["chips_per_s"] == pytest.approx(w1["chips"] / w1["seconds"],
+                                                                  rel=0.01)
+    assert res["raw_reads"]["reads"] > w1["chips"]
+    assert res["pipeline_vs_raw_read"] > 0
+
+
+@pytest.mark.slow
+def test_bench_predict_reports_the_split_and_memory(small_world, flood_model):
+    res = load("bench_predict").run(Path(small_world["root"]), [flood_model], seconds=0.5)
+    [row] = res["rows"]
+    assert row["windows"] > 0 and row["model_only_img_per_s"] > 0
+    assert row["total_s"] >= row["inference_s"] > 0
+    small, large = row["pixels_small_vs_4x"]
+    assert large > 2 * small
+    assert row["peak_rss_mb_small_aoi"] > 0 and row["peak_rss_mb_4x_aoi"] > 0
