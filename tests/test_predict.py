@@ -300,3 +300,32 @@ def test_predict_over_a_named_band_geotiff(flood_model, flood_dataset, tmp_path)
 def _epsg(path: Path) -> int:
     with rasterio.open(path) as src:
         return src.crs.to_epsg()
+
+
+def test_temporal_location_models_get_their_encodings(flood_dataset, small_world, tmp_path):
+    """A Prithvi-EO-2.0-TL-style model is called with (year, day) per step and (lat, lon)."""
+    from terrastill.inference.predict import _load
+    from terrastill.training.train import TrainOptions, fit
+
+    enc = {"depth": 2, "embed_dim": 48, "num_heads": 2, "coords_encoding": ["time", "location"]}
+    model = fit(flood_dataset, tmp_path / "tl", TrainOptions(
+        model="tiny", epochs=1, progress=False, encoder_overrides=enc, head={"channels": 32}))
+    seen = []
+    loaded = _load(str(model.resolve()), "cpu")
+    hook = loaded.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        b = small_world["bbox"]
+        req = PredictRequest(model=model, aois=[bbox_aoi([b[0], b[1], b[0] + 0.01, b[3]])],
+                             date=after_flood(small_world), out_dir=tmp_path / "p",
+                             catalog=small_world["catalog"], device="cpu")
+        assert predict(req).classes
+        res = runner.invoke(app, ["predict", str(model), "--chips", str(flood_dataset),
+                                  "--out", str(tmp_path / "c"), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+    finally:
+        hook.remove()
+    assert seen and all("temporal_coords" in kw and "location_coords" in kw for kw in seen)
+    tc, lc = seen[0]["temporal_coords"], seen[0]["location_coords"]
+    assert tc.shape[1:] == (2, 2) and float(tc[0, -1, 0]) == 2024.0
+    assert 45 < float(lc[0, 0]) < 46 and 11 < float(lc[0, 1]) < 13

@@ -68,7 +68,7 @@ def read_index(chips_dir: str | os.PathLike[str]) -> Any:
     return df
 
 
-def _doy_year(value: Any) -> tuple[float, float]:
+def doy_year(value: Any) -> tuple[float, float]:
     import pandas as pd
 
     ts = pd.Timestamp(value)
@@ -160,7 +160,7 @@ class ChipDataset(Dataset):
                 dates = [v[0] if isinstance(v, (list, tuple, np.ndarray)) and len(v) else v
                          for v in val]
                 break
-        tc = [_doy_year(d) if d else (0.0, 0.0) for d in dates] if dates else \
+        tc = [doy_year(d) if d else (0.0, 0.0) for d in dates] if dates else \
             [(0.0, 0.0)] * self.num_steps
         out["temporal_coords"] = torch.tensor(tc[: self.num_steps], dtype=torch.float32)
         lat = lon = 0.0

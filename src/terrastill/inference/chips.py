@@ -27,6 +27,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
                   precision: str = "auto", device: str = "auto",
                   progress: Callable[[int, int], None] | None = None) -> int:
     """Write ``out/<id>.tif`` class ids (uint8, nodata 255) for every chip; return the count."""
+    from terrastill.data.dataset import doy_year
     from terrastill.data.normalize import normalize_chip
     from terrastill.inference.predict import _load, resolve_device, run_model, use_bf16
 
@@ -46,15 +47,20 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
     done = 0
     for start in range(0, len(ids), batch_size):
         batch_ids = ids[start:start + batch_size]
-        xs, valids, grids = [], [], []
+        xs, valids, grids, coords = [], [], [], []
         for cid in batch_ids:
             with rasterio.open(Path(chips_dir) / "chips" / f"{cid}.tif") as src:
                 arr = src.read().reshape(T, C, src.height, src.width)
-                grids.append(GridSpec(src.crs.to_epsg(), src.transform, src.width, src.height))
+                grid = GridSpec(src.crs.to_epsg(), src.transform, src.width, src.height)
+                tags = src.tags()
+            grids.append(grid)
+            minx, miny, maxx, maxy = grid.lonlat_bounds()
+            coords.append(([doy_year(tags[f"t{t}_date"]) for t in range(T)],
+                           ((miny + maxy) / 2, (minx + maxx) / 2)))
             x, valid = normalize_chip(arr, spec["mean"], spec["std"])
             xs.append(x)
             valids.append(np.asarray(valid, dtype=bool))
-        y = run_model(loaded, xs, bf16)
+        y = run_model(loaded, xs, bf16, coords)
         for cid, yi, valid, grid in zip(batch_ids, y, valids, grids, strict=True):
             if card.task == "regression":
                 vals = np.where(valid, yi[0], np.nan).astype(np.float32)

@@ -147,16 +147,38 @@ def use_bf16(precision: str, card: Any, device: str = "cpu") -> bool:
     return ok and bool(amx)
 
 
-def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool) -> np.ndarray:
+def uses_coords(card: Any) -> bool:
+    """Whether the model takes temporal and location encodings (Prithvi-EO-2.0 TL)."""
+    return bool((card.arch.get("encoder") or {}).get("coords_encoding"))
+
+
+def window_coords(chip: Any) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """(year, day of year) per step and (lat, lon) of the window centre, as in training."""
+    from terrastill.data.dataset import doy_year
+
+    minx, miny, maxx, maxy = chip.grid.lonlat_bounds()
+    temporal = [doy_year(s.acquisition.date) for s in chip.steps]
+    return temporal, ((miny + maxy) / 2, (minx + maxx) / 2)
+
+
+def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
+              coords: Sequence[Any] | None = None) -> np.ndarray:
     """Model outputs for normalised (C, T, H, W) tensors as per-pixel maps (N, K, H, W):
-    class probabilities, regression values, or a chip class spread over its pixels."""
+    class probabilities, regression values, or a chip class spread over its pixels.
+    ``coords`` gives each tensor's (temporal, location) encodings for TL models."""
     import torch
 
     device = next(loaded.model.parameters()).device
     batch = torch.stack(list(tensors)).to(device)
+    kw = {}
+    if coords is not None and uses_coords(loaded.card):
+        kw = {"temporal_coords": torch.tensor([c[0] for c in coords], dtype=torch.float32,
+                                              device=device),
+              "location_coords": torch.tensor([c[1] for c in coords], dtype=torch.float32,
+                                              device=device)}
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                 enabled=bf16):
-        y = loaded.model(batch).float()
+        y = loaded.model(batch, **kw).float()
     task = loaded.card.task
     if task == "segmentation":
         y = torch.softmax(y, dim=1)
@@ -175,7 +197,7 @@ def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
     card = loaded.card
     spec = card.input_spec
     outs: list[WindowOutput | None] = []
-    tensors, idx = [], []
+    tensors, idx, coords = [], [], []
     for g in grids:
         t0 = time.perf_counter()
         try:
@@ -194,10 +216,11 @@ def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
         outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
                                  read_s=time.perf_counter() - t0))
         tensors.append(x)
+        coords.append(window_coords(chip))
         idx.append(len(outs) - 1)
     if tensors:
         t0 = time.perf_counter()
-        y = run_model(loaded, tensors, bf16)
+        y = run_model(loaded, tensors, bf16, coords)
         dt_inf = (time.perf_counter() - t0) / len(tensors)
         for j, k in enumerate(idx):
             o = outs[k]

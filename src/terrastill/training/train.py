@@ -43,7 +43,7 @@ from terrastill.training.metrics import MONITOR, majority_baseline, make_metrics
 log = logging.getLogger(__name__)
 
 INPUT_SPEC_KEYS = ("source", "bands", "num_steps", "chip_size", "resolution", "temporal_step",
-                   "temporal_tolerance", "max_cloud", "mask_classes", "resampling")
+                   "temporal_tolerance", "max_cloud", "mask_classes", "resampling", "catalog")
 
 
 @dataclass
