@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 
@@ -27,7 +26,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
                   precision: str = "auto", device: str = "auto",
                   progress: Callable[[int, int], None] | None = None) -> int:
     """Write ``out/<id>.tif`` class ids (uint8, nodata 255) for every chip; return the count."""
-    from terrastill.data.dataset import doy_year
+    from terrastill.data.dataset import doy_year, read_index
     from terrastill.data.normalize import normalize_chip
     from terrastill.inference.predict import _load, resolve_device, run_model, use_bf16
 
@@ -41,7 +40,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
     spec = card.input_spec
     check_spec(spec, dataset, str(chips_dir))
     bf16 = use_bf16(precision, card, device)
-    index = gpd.read_parquet(Path(chips_dir) / "index.parquet")
+    index = read_index(chips_dir)
     ids = list(index["id"])
     T, C = int(spec["num_steps"]), len(spec["bands"])
     done = 0
