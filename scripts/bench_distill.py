@@ -116,6 +116,23 @@ def cpu_throughput(paths: list[Path], threads: int, batch: int, seconds: float, 
     return best
 
 
+def dense_miou(model: Path, dirs: list[Path], device: str) -> tuple[float, int]:
+    """mIoU over every chip of dense-label folders (``terrastill chips TRUTH.tif --date``),
+    confusions summed over the folders."""
+    import numpy as np
+
+    from terrastill.training.metrics import scores_from_confusion
+    from terrastill.training.train import evaluate
+
+    conf = None
+    for d in dirs:
+        r = evaluate(model, d, split="all", device=device)
+        c = np.asarray(r["confusion"], dtype=np.int64)
+        conf = c if conf is None else conf + c
+    s = scores_from_confusion(conf)
+    return float(s["miou"]), int(s["n_pixels"])
+
+
 def _metric(card: Any, split: str, name: str) -> float | None:
     v = (card.metrics.get(split) or {}).get(name)
     return None if v is None else float(v)
@@ -152,6 +169,11 @@ def run_task(task: str, chips: Path, work: Path, args: argparse.Namespace) -> di
                      "val_miou": _metric(card, "val", "miou"),
                      "test_miou": _metric(card, "test", "miou"),
                      "alpha": (card.training.get("distillation") or {}).get("alpha")})
+    dense = [Path(d) for d in args.dense_dirs.get(task, [])]
+    if dense:
+        log(f"{task}: dense-truth evaluation on {', '.join(d.name for d in dense)}")
+        for r in rows:
+            r["dense_miou"], r["dense_pixels"] = dense_miou(Path(r["path"]), dense, args.device)
     rows.sort(key=lambda r: (r["model"] != "teacher", -r["depth"], r["model"]))
     t = next(r for r in rows if r["model"] == "teacher")
     a = next(r for r in rows if r["model"].startswith("auto"))
@@ -163,6 +185,8 @@ def run_task(task: str, chips: Path, work: Path, args: argparse.Namespace) -> di
         "test_miou_pp": None if t["test_miou"] is None else
         (a["test_miou"] - t["test_miou"]) * 100,
     }
+    if "dense_miou" in t:
+        ratios["dense_miou_pp"] = (a["dense_miou"] - t["dense_miou"]) * 100
     ratios["targets_met"] = {
         "encoder_macs_4x": ratios["encoder_macs"] >= 4,
         "cpu_img_s_3x": ratios["cpu_img_s"] >= 3,
@@ -221,19 +245,23 @@ def markdown(results: dict[str, Any]) -> str:
     lines = []
     for res in results["tasks"]:
         lines.append(f"### {res['task']}\n")
+        has_dense = "dense_miou" in res["rows"][0]
         lines.append("| model | depth | params | encoder MMACs | MMACs | CPU img/s | val mIoU "
-                     "| test mIoU |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                     "| test mIoU |" + (" dense-truth mIoU |" if has_dense else ""))
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_dense else ""))
         for r in res["rows"]:
             lines.append(f"| {r['model']} | {r['depth']} | {r['params']:,} | "
                          f"{r['encoder_macs'] / 1e6:.1f} | {r['macs'] / 1e6:.1f} | "
-                         f"{r['cpu_img_s']:.1f} | {_f4(r['val_miou'])} | {_f4(r['test_miou'])} |")
+                         f"{r['cpu_img_s']:.1f} | {_f4(r['val_miou'])} | {_f4(r['test_miou'])} |"
+                         + (f" {_f4(r.get('dense_miou'))} |" if has_dense else ""))
         q = res["ratios"]
         lines.append("")
         lines.append(f"auto student vs teacher: {q['encoder_macs']:.1f}× fewer encoder MACs, "
                      f"{q['macs']:.1f}× fewer MACs, {q['cpu_img_s']:.1f}× CPU img/s, "
                      f"val mIoU {q['val_miou_pp']:+.2f} pp, test mIoU "
-                     f"{q['test_miou_pp']:+.2f} pp; targets met: "
+                     f"{q['test_miou_pp']:+.2f} pp"
+                     + (f", dense-truth mIoU {q['dense_miou_pp']:+.2f} pp"
+                        if "dense_miou_pp" in q else "") + "; targets met: "
                      + ", ".join(f"{k} {'yes' if v else 'NO'}"
                                  for k, v in q["targets_met"].items()))
         lines.append("")
@@ -257,6 +285,9 @@ def main() -> None:
                     help="Demo world folder (built with `terrastill world` if missing).")
     ap.add_argument("--chips", action="append", default=[],
                     help="TASK=DIR: use an existing chip folder for TASK.")
+    ap.add_argument("--dense", action="append", default=[],
+                    help="TASK=DIR[,DIR]: dense-label chip folders (`terrastill chips "
+                         "TRUTH.tif --date`) to score every model on (split all).")
     ap.add_argument("--work", type=Path, default=Path("demo-out/bench-distill"))
     ap.add_argument("--out", type=Path, default=Path("bench-results/distill"))
     ap.add_argument("--tasks", default="landcover,flood")
@@ -291,8 +322,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     given = dict(item.split("=", 1) for item in args.chips)
+    args.dense_dirs = {k: v.split(",") for k, v in (i.split("=", 1) for i in args.dense)}
     results: dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                                             for k, v in vars(args).items()}, "tasks": []}
+    results["command"] = " ".join(sys.argv)
     from terrastill.bench.hardware import hardware_info
 
     results["hardware"] = hardware_info()
