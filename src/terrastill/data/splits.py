@@ -23,8 +23,10 @@ def assign_splits(
     """Split chips by spatial blocks of ``block_size`` metres, never by pixels or chips.
 
     Every chip in a block (and every date of the same place) lands in the same split, so
-    neighbouring chips cannot leak between train and test. Blocks are shuffled with ``seed``
-    and filled greedily so the chip counts approach ``ratios``.
+    neighbouring chips cannot leak between train and test. Blocks are shuffled with ``seed``;
+    blocks holding rare classes are placed first, each in the split furthest below its target
+    share of chips and of labelled pixels per class (rare classes weigh more), so a class
+    seen in few places still reaches val and test where the blocks allow it.
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0,
                                                                           abs_tol=1e-6):
@@ -34,20 +36,40 @@ def assign_splits(
         x, y = float(transform[2]), float(transform[5])
         blocks[(int(epsg), math.floor(x / block_size), math.floor(y / block_size))].append(i)
     keys = sorted(blocks)
+    if "label_counts" in index.columns and len(index):
+        labels = np.stack([np.asarray(v, dtype=np.float64) for v in index["label_counts"]])
+    else:
+        labels = np.zeros((len(index), 1))
+    per_block = np.stack([labels[blocks[k]].sum(axis=0) for k in keys])
+    total_class = per_block.sum(axis=0)
+    weight = np.divide(1.0, total_class, out=np.zeros_like(total_class), where=total_class > 0)
+    rarity = (per_block * weight).max(axis=1) if len(keys) else np.zeros(0)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(keys))
-    total = len(index)
-    targets = [r * total for r in ratios]
-    counts = [0, 0, 0]
-    split = np.empty(total, dtype=object)
+    shuffled = rng.permutation(len(keys))
+    order = sorted(shuffled, key=lambda k: -round(float(rarity[k]), 6))
+    r = np.asarray(ratios, dtype=np.float64)
+    chip_target = r * len(index)
+    class_target = np.outer(r, total_class)
+    chips = np.zeros(3)
+    have = np.zeros((3, labels.shape[1]))
+    split = np.empty(len(index), dtype=object)
     for k in order:
         members = blocks[keys[k]]
-        # the split furthest below its target share takes the block
-        need = [(targets[s] - counts[s]) / max(targets[s], 1e-9) if targets[s] > 0 else -1e9
-                for s in range(3)]
-        s = int(np.argmax(need))
-        counts[s] += len(members)
-        split[members] = SPLITS[s]
+        need = np.full(3, -np.inf)
+        for sp in range(3):
+            if r[sp] <= 0:
+                continue
+            chip_need = (chip_target[sp] - chips[sp]) / max(chip_target[sp], 1e-9)
+            present = per_block[k] > 0
+            class_need = 0.0
+            if present.any():
+                gap = (class_target[sp] - have[sp]) / np.maximum(class_target[sp], 1e-9)
+                class_need = float(np.mean(gap[present]))
+            need[sp] = chip_need + class_need
+        sp = int(np.argmax(need))
+        chips[sp] += len(members)
+        have[sp] += per_block[k]
+        split[members] = SPLITS[sp]
     return pd.Series(split, index=index.index, name="split")
 
 
