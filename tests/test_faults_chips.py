@@ -243,16 +243,28 @@ def test_api_failing_mid_run_then_resume_is_identical(obs, api_files, local_ref,
 
 
 def _kill_and_resume(obs: Path, catalog: str, out: Path, rng: random.Random, kills: int) -> int:
-    """Start ``terrastill chips`` as a subprocess, SIGKILL it at random moments, repeatedly;
-    return how many kills landed before the run finished."""
+    """Start ``terrastill chips`` as a subprocess and SIGKILL it at a random point, repeatedly:
+    during start-up/search (a random delay) or after a random number of finished chips;
+    return how many kills landed before a run finished."""
     env = {**os.environ, "TERRASTILL_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "terrastill.cli", "chips", str(obs), "--catalog", catalog,
            "--out", str(out), *OPTS]
     landed = 0
     for _ in range(kills):
+        before = len(list((out / "records").glob("*.json"))) if (out / "records").exists() else 0
+        by_time = rng.random() < 0.3
+        wait_s, wait_records = rng.uniform(0.2, 2.0), before + rng.randint(1, 3)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 4.0))  # start-up, search, or chip writing
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 120:
+            if by_time and time.monotonic() - t0 >= wait_s:
+                break
+            recs = (len(list((out / "records").glob("*.json")))
+                    if (out / "records").exists() else 0)
+            if not by_time and recs >= wait_records:
+                break
+            time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             landed += 1

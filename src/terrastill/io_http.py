@@ -200,19 +200,22 @@ def call_with_retries(
 
     Remote hrefs: any rasterio/GDAL error but a definitive 4xx is retried, with GDAL's cache of
     the href cleared before each new try (so truncated bytes are fetched again). Local files:
-    no retries. The final failure raises :class:`AssetReadError` naming ``href`` (``transient``
-    set when the last error looked like a network problem).
+    no retries. The final failure raises :class:`AssetReadError` naming ``href``, with
+    ``transient`` set when the last error looked like a network problem or the tries failed in
+    different ways (a corrupt file fails identically every time).
     """
     from rasterio.errors import RasterioError
 
     retry = retry if retry is not None else RetryPolicy()
     remote = is_remote(href)
+    seen: set[str] = set()
 
     def once() -> T:
         try:
             return fn()
         except (RasterioError, OSError) as exc:
             if remote:
+                seen.add(error_text(exc))
                 clear_cache(href)
             raise exc
 
@@ -228,7 +231,10 @@ def call_with_retries(
             **kwargs,
         )
     except (RasterioError, OSError) as exc:
-        transient = remote and is_transient_read_error(exc)
+        # A corrupt file fails the same way every time; a flaky network (truncated answers)
+        # fails differently from try to try: then the asset is not bad, only unreachable now,
+        # and a later resume should try it again instead of rejecting its group for good.
+        transient = remote and (is_transient_read_error(exc) or len(seen) > 1)
         what = "unreachable after retries" if transient else "cannot read asset"
         err = AssetReadError(f"{href}: {what} ({_one_line(error_text(exc))})")
         err.transient = transient  # type: ignore[attr-defined]
