@@ -47,14 +47,15 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("model", "read", "pipeline")
 CSV_COLUMNS = [
-    "timestamp", "hardware_id", "device", "model", "model_name", "task", "depth", "precision",
+    "timestamp", "hardware_id", "device", "threads", "model", "model_name", "task", "depth",
+    "precision",
     "compile", "mode", "batch_size_requested", "batch_size", "status", "images", "wall_s",
     "img_s", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "peak_mem_mb", "mem_kind",
     "params", "macs", "encoder_macs", "chip_size", "num_frames", "gsd_m", "km2_per_s",
     "earth_hours", "earth_cost", "earth_hours_overlap50", "earth_cost_overlap50",
     "price_per_hour", "seconds", "warmup", "torch", "note",
 ]
-KEY_COLUMNS = ("hardware_id", "device", "model", "precision", "compile", "mode",
+KEY_COLUMNS = ("hardware_id", "device", "threads", "model", "precision", "compile", "mode",
                "batch_size_requested")
 
 
@@ -443,7 +444,8 @@ def run_bench(opt: BenchOptions, on_row: Callable[[dict[str, Any]], None] | None
                                                            opt.batch_sizes, modes):
             if mode == "read" and (precision != opt.precisions[0] or comp != opt.compiles[0]):
                 continue  # reading does not depend on the model's precision or compilation
-            base = {"hardware_id": hw, "device": device, "model": bm.key,
+            base = {"hardware_id": hw, "device": device, "threads": torch.get_num_threads(),
+                    "model": bm.key,
                     "model_name": bm.name, "task": bm.task, "depth": bm.depth,
                     "precision": precision, "compile": "on" if comp else "off", "mode": mode,
                     "batch_size_requested": int(bs), "params": bm.params, "macs": bm.macs,

@@ -39,6 +39,8 @@ def _hours(v: Any) -> str:
     if v in (None, ""):
         return "—"
     h = float(v)
+    if h < 1:
+        return f"{h * 60:.0f} min"
     return f"{h:,.0f} h" if h < 48 * 30 else f"{h / 24:,.0f} d"
 
 
