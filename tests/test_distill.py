@@ -304,3 +304,17 @@ def test_distill_cli_bad_input(teacher, tmp_path):
     result = runner.invoke(app, ["distill", str(tpath), str(other), "--out", str(tmp_path / "o")])
     _one_line_error(result)
     assert not (tmp_path / "o" / "model.pt").exists()
+
+
+def test_distill_cli_fixed_depth(teacher, tmp_path):
+    chips, tpath = teacher
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["distill", str(tpath), str(chips), "--out", str(out),
+                                      "--layers", "1", "--epochs", "1", "--batch-size", "4",
+                                      "--bench-seconds", "0.05", "--feature-pairs", "-1:-1",
+                                      "--feature-loss", "cosine"])
+    assert result.exit_code == 0, result.output
+    assert "teacher vs student" in result.output
+    card = read_card(out / "model.pt")
+    assert card.depth == 1 and card.training["distillation"]["feature_loss"] == "cosine"
+    assert card.created_with["command"].startswith("terrastill")
