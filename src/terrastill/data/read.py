@@ -26,26 +26,14 @@ from rasterio.windows import Window
 
 from terrastill.data.grid import GridSpec
 from terrastill.errors import AssetReadError
-from terrastill.retry import RetryPolicy, retry_call
+from terrastill.io_http import call_with_retries, gdal_env, gdal_path, header_problem
+from terrastill.retry import RetryPolicy
 from terrastill.sources.base import SourceProfile
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT_MARKERS = ("HTTP response code: 5", "HTTP response code: 429", "timed out",
-                      "Connection", "connection", "Couldn't connect", "reset by peer")
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, RasterioIOError) and any(m in str(exc) for m in _TRANSIENT_MARKERS)
-
-
 def _gdal_env() -> dict[str, Any]:
-    """GDAL options for remote assets (retries, auth) when the HTTP helpers are available."""
-    try:
-        from terrastill.io_http import gdal_env
-    except ImportError:
-        return {"GDAL_HTTP_MAX_RETRY": 3, "GDAL_HTTP_RETRY_DELAY": 0.5,
-                "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    """GDAL options for remote assets: retries, auth, no directory listings."""
     return gdal_env()
 
 
@@ -61,6 +49,16 @@ def _aligned_window(src: rasterio.DatasetReader, grid: GridSpec) -> Window | Non
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return Window(round(col), round(row), grid.width, grid.height)
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether ``value`` (a fill/nodata value) is representable in ``dtype``."""
+    if np.issubdtype(dtype, np.floating):
+        return True
+    if not np.isfinite(value) or value != int(value):
+        return False
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
 
 
 def _overlaps(src: rasterio.DatasetReader, grid: GridSpec) -> bool:
@@ -86,7 +84,11 @@ class _OpenDatasets(threading.local):
     def get(self, href: str) -> rasterio.DatasetReader:
         ds = self.open.pop(href, None)
         if ds is None or ds.closed:
-            ds = rasterio.open(href)
+            ds = rasterio.open(gdal_path(href))
+            problem = header_problem(ds)
+            if problem is not None:  # a truncated remote header: retried with a clean cache
+                ds.close()
+                raise RasterioIOError(f"{href}: {problem}")
         self.open[href] = ds
         while len(self.open) > self.size:
             self.open.popitem(last=False)[1].close()
@@ -106,14 +108,17 @@ def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float,
     try:
         with gdal_session():
             return _read_open(_DATASETS.get(href), grid, resampling, fill, band)
-    except RasterioError:
+    except (RasterioError, OSError):
         _DATASETS.drop(href)  # a retry reopens it
         raise
 
 
 def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampling,
                fill: float, band: int = 1) -> np.ndarray:
-    dtype = src.dtypes[band - 1]
+    dtype = np.dtype(src.dtypes[band - 1])
+    if not _holds(dtype, fill):
+        raise AssetReadError(f"{src.name}: data type {dtype} cannot hold nodata {fill} "
+                             "(not the data type this source's profile expects)")
     out = np.full((grid.height, grid.width), fill, dtype=dtype)
     win = _aligned_window(src, grid)
     if win is not None:
@@ -145,16 +150,12 @@ def read_asset(
 ) -> np.ndarray:
     """Read ``band`` of ``href`` onto ``grid``; pixels the asset does not cover get ``fill``.
 
-    Transient remote failures are retried; anything else (missing file, corrupt tiles) becomes
-    an :class:`AssetReadError` naming the asset.
+    Remote failures are retried with GDAL's cache of the asset cleared and the header checked
+    (``terrastill.io_http``); a missing, corrupt or unreadable asset becomes an
+    :class:`AssetReadError` naming it (``transient`` when it was only unreachable).
     """
-    try:
-        return retry_call(lambda: _read_once(href, grid, resampling, fill, band), what=href,
-                          is_transient=_is_transient, policy=policy or RetryPolicy())
-    except RasterioError as exc:
-        transient = _is_transient(exc)
-        what = "unreachable after retries" if transient else "cannot read asset"
-        raise AssetReadError(f"{href}: {what} ({exc})", transient=transient) from exc
+    return call_with_retries(href, lambda: _read_once(href, grid, resampling, fill, band),
+                             retry=policy)
 
 
 @dataclass(frozen=True)
