@@ -102,7 +102,29 @@ class PgCluster:
                 f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr or proc.stdout}"
             )
 
+    @classmethod
+    def reap_orphans(cls, pg_bin: Path) -> int:
+        """Stop clusters of earlier test runs that died without tearing down (SIGKILL,
+        timeout): those whose ``owner.pid`` names a process that no longer exists."""
+        n = 0
+        for owner in glob.glob(os.path.join(tempfile.gettempdir(), "terrastill-pg-*/owner.pid")):
+            root = Path(owner).parent
+            try:
+                pid = int(Path(owner).read_text())
+                os.kill(pid, 0)
+                continue  # its owner is alive
+            except ProcessLookupError:
+                pass
+            except (ValueError, OSError):
+                continue
+            orphan = cls(pg_bin, root)
+            orphan._started = (root / "data" / "postmaster.pid").exists()
+            orphan.stop()
+            n += 1
+        return n
+
     def start(self) -> PgCluster:
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         if self.as_root:
             shutil.chown(self.root, PG_USER)
             self.root.chmod(0o700)
@@ -257,6 +279,7 @@ class PgStacService:
 
     def start(self) -> PgStacService:
         t0 = time.monotonic()
+        PgCluster.reap_orphans(self.cluster.pg_bin)
         self.cluster.start()
         self.timings["cluster"] = time.monotonic() - t0
         t1 = time.monotonic()
@@ -468,29 +491,41 @@ def collection_for(items: list[dict[str, Any]], cid: str) -> dict[str, Any]:
 # pytest fixtures
 
 
+_SHARED: dict[str, Any] = {"service": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def pgstac() -> Iterator[PgStacService]:
+    """The session's PgStacService (one cluster, shared by every test module importing this
+    fixture: pytest makes one session fixture per importing module, so they share a
+    refcounted instance)."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
         pytest.skip(
             "PostgreSQL not installed (no /usr/lib/postgresql/*/bin/pg_ctl): run "
-            "scripts/setup_pgstac.sh (apt-get install postgresql postgresql-15-postgis-3)"
+            "scripts/setup_pgstac.sh (apt-get install postgresql postgresql-postgis)"
         )
     if not postgis_available(pg_bin):
         pytest.skip(f"PostGIS not installed for {pg_bin}: run scripts/setup_pgstac.sh")
-    t0 = time.monotonic()
-    service = PgStacService(pg_bin)
+    if _SHARED["service"] is None:
+        t0 = time.monotonic()
+        service = PgStacService(pg_bin)
+        try:
+            service.start()
+        except Exception:
+            service.stop()
+            raise
+        service.timings["total_start"] = time.monotonic() - t0
+        log.info("pgstac service started in %.1fs (%s)", time.monotonic() - t0, service.timings)
+        _SHARED["service"] = service
+    _SHARED["users"] += 1
     try:
-        service.start()
-    except Exception:
-        service.stop()
-        raise
-    service.timings["total_start"] = time.monotonic() - t0
-    log.info("pgstac service started in %.1fs (%s)", time.monotonic() - t0, service.timings)
-    try:
-        yield service
+        yield _SHARED["service"]
     finally:
-        service.stop()
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED["service"].stop()
+            _SHARED["service"] = None
 
 
 @pytest.fixture(scope="session")
