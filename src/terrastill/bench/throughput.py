@@ -258,6 +258,9 @@ def measure(bm: BenchModel, *, device: str, precision: str, compile: bool, batch
     model = bm.model.to(device).eval()
     fn: Callable[[torch.Tensor], torch.Tensor] = model
     if compile and mode != "read":
+        # a fresh compile per configuration: dynamo guards on the autocast dtype, and reusing
+        # one cache across precisions hits the recompile limit and silently falls back to eager
+        torch._dynamo.reset()
         fn = torch.compile(model, dynamic=False)
 
     def run(x: torch.Tensor) -> None:

@@ -19,13 +19,13 @@ def calibrate_precision(model_path: str | Path, chips_dir: str | Path, split: st
 
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
     from terrastill.models.modelfile import load_model_file, save_model_file
-    from terrastill.training.train import evaluate_model
+    from terrastill.training.train import evaluate_model, uses_coords
 
     loaded = load_model_file(model_path)
     card = loaded.card
     meta = read_dataset_meta(chips_dir)
     meta["stats"] = {"mean": card.input_spec["mean"], "std": card.input_spec["std"]}
-    coords = bool(card.arch.get("encoder", {}).get("coords_encoding"))
+    coords = uses_coords(card.arch)
     ds = ChipDataset(chips_dir, split, meta=meta, coords=coords)
     if len(ds) == 0:
         split = "all"

@@ -147,11 +147,6 @@ def use_bf16(precision: str, card: Any, device: str = "cpu") -> bool:
     return ok and bool(amx)
 
 
-def uses_coords(card: Any) -> bool:
-    """Whether the model takes temporal and location encodings (Prithvi-EO-2.0 TL)."""
-    return bool((card.arch.get("encoder") or {}).get("coords_encoding"))
-
-
 def window_coords(chip: Any) -> tuple[list[tuple[float, float]], tuple[float, float]]:
     """(year, day of year) per step and (lat, lon) of the window centre, as in training."""
     from terrastill.data.dataset import doy_year
@@ -171,7 +166,9 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
     device = next(loaded.model.parameters()).device
     batch = torch.stack(list(tensors)).to(device)
     kw = {}
-    if coords is not None and uses_coords(loaded.card):
+    from terrastill.training.train import uses_coords
+
+    if coords is not None and uses_coords(loaded.card.arch):
         kw = {"temporal_coords": torch.tensor([c[0] for c in coords], dtype=torch.float32,
                                               device=device),
               "location_coords": torch.tensor([c[1] for c in coords], dtype=torch.float32,

@@ -339,7 +339,7 @@ def _load_context(teacher_path: str | os.PathLike[str], chips_dir: str | os.Path
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
     from terrastill.models.modelfile import check_input_spec, load_model_file
     from terrastill.training.augment import FlipRotate
-    from terrastill.training.train import _uses_coords, resolve_device, resolve_precision
+    from terrastill.training.train import resolve_device, resolve_precision, uses_coords
 
     loaded = load_model_file(teacher_path)
     card = loaded.card
@@ -356,7 +356,7 @@ def _load_context(teacher_path: str | os.PathLike[str], chips_dir: str | os.Path
                                 f"has {len(card.class_names)} ({', '.join(card.class_names)})")
     # the teacher's normalisation: the student must see exactly the teacher's inputs
     meta = {**meta, "stats": {"mean": card.input_spec["mean"], "std": card.input_spec["std"]}}
-    use_coords = _uses_coords(card.arch)
+    use_coords = uses_coords(card.arch)
     train_ds = ChipDataset(chips_dir, "train", FlipRotate() if opt.augment else None,
                            coords=use_coords, meta=meta)
     if len(train_ds) == 0:
@@ -395,9 +395,9 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
     from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from terrastill.training.train import _quiet_lightning, collate_items
+    from terrastill.training.train import collate_items, quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(opt.seed, workers=True, verbose=False)
     student = make_student(ctx.teacher, depth, opt.head or None)
     pairs = resolve_feature_pairs(parse_feature_pairs(opt.feature_pairs), depth,
@@ -521,7 +521,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     from terrastill.training import depth_search
     from terrastill.training.metrics import MONITOR
     from terrastill.training.plots import plot_confusion, plot_curves
-    from terrastill.training.train import _clean
+    from terrastill.training.train import plain
 
     opt = options if isinstance(options, DistillOptions) else DistillOptions.from_dict(
         options or {})
@@ -578,7 +578,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                        "img_s": _throughput(model, opt, ctx.device),
                        "metric": _metric_of(res, ctx.task), "metric_name": metric_name,
                        "train_seconds": summ["train_seconds"], "epochs": opt.search_epochs}
-                write_text_atomic(done, json.dumps(_clean(row), indent=2))
+                write_text_atomic(done, json.dumps(plain(row), indent=2))
                 if not opt.keep_search_checkpoints:
                     shutil.rmtree(cdir / "checkpoints", ignore_errors=True)
             search_rows.append(row)
@@ -616,9 +616,9 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                                          tolerance=opt.tolerance, mode=mode)
 
     strip = ("confusion",)
-    t_metrics = _clean({s: {k: v for k, v in r.items() if k not in strip}
+    t_metrics = plain({s: {k: v for k, v in r.items() if k not in strip}
                         for s, r in teacher_results.items()})
-    s_metrics = _clean({s: {k: v for k, v in r.items() if k not in strip}
+    s_metrics = plain({s: {k: v for k, v in r.items() if k not in strip}
                         for s, r in results.items()})
     settings = {"layers": str(opt.layers), "depth": depth, "alpha": opt.alpha,
                 "temperature": opt.temperature, "tolerance": opt.tolerance,
@@ -635,7 +635,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
         metrics=s_metrics, teacher=teacher_info,
         created_with={"terrastill": __version__, "command": opt.command or "terrastill distill",
                       "torch": str(torch.__version__)},
-        training=_clean({"distillation": settings, "options": dataclasses.asdict(opt),
+        training=plain({"distillation": settings, "options": dataclasses.asdict(opt),
                          "epochs_run": summ["epochs_run"], "best_epoch": summ["best_epoch"],
                          "monitor": summ["monitor"], "seconds": summ["train_seconds"],
                          "device": ctx.device, "precision": ctx.precision,
@@ -644,7 +644,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     )
     fill_card_stats(card, model)
     model_path = save_model_file(out / "model.pt", model, card)
-    summary = _clean({
+    summary = plain({
         "task": ctx.task, "name": name, "depth": depth, "teacher_depth": depth_t,
         "metric": metric_name, "distillation": settings,
         "teacher": {**teacher_row, "metrics": t_metrics},

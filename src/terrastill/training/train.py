@@ -82,7 +82,7 @@ class TrainOptions:
         return cls(**data)
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -123,7 +123,7 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 _collate = collate_items  # old name
 
 
-def _uses_coords(arch: dict[str, Any]) -> bool:
+def uses_coords(arch: dict[str, Any]) -> bool:
     return bool(arch["encoder"].get("coords_encoding"))
 
 
@@ -205,12 +205,12 @@ def rule_baseline(
     return result
 
 
-def _clean(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return None if math.isnan(f) or math.isinf(f) else f
@@ -248,7 +248,7 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     from terrastill.training.plots import plot_confusion, plot_curves
 
     opt = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options or {})
-    _quiet_lightning()
+    quiet_lightning()
     chips_dir, out = Path(chips_dir), Path(out_dir)
     meta = read_dataset_meta(chips_dir)
     task = str(meta.get("task", "segmentation"))
@@ -274,7 +274,7 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     arch = make_arch(opt.model, task, k, bands=meta["bands"], num_steps=int(meta["num_steps"]),
                      chip_size=int(meta["chip_size"]), head=opt.head,
                      encoder_overrides=opt.encoder_overrides)
-    use_coords = _uses_coords(arch)
+    use_coords = uses_coords(arch)
     train_ds = ChipDataset(chips_dir, "train", FlipRotate() if opt.augment else None,
                            coords=use_coords, meta=meta)
     val_ds = ChipDataset(chips_dir, "val", coords=use_coords, meta=meta)
@@ -377,12 +377,12 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     card = ModelCard(
         name=name, task=task, arch=model.arch, input_spec=input_spec_from_meta(meta),
         class_names=class_names,
-        metrics=_clean({s: {k2: v for k2, v in r.items() if k2 not in ("confusion",)}
+        metrics=plain({s: {k2: v for k2, v in r.items() if k2 not in ("confusion",)}
                         for s, r in results.items()}),
         teacher=None,
         created_with={"terrastill": __version__, "command": opt.command or "terrastill train",
                       "torch": str(torch.__version__)},
-        training=_clean({"options": dataclasses.asdict(opt), "epochs_run": len(history.rows),
+        training=plain({"options": dataclasses.asdict(opt), "epochs_run": len(history.rows),
                          "best_epoch": best_epoch, "monitor": monitor, "seconds":
                          round(train_seconds, 2), "device": device, "precision": precision,
                          "pretrained": load_info, "class_weights": weights_cw,
@@ -396,7 +396,7 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         "params": card.params, "macs": card.macs, "device": device, "precision": precision,
         **results, "history": history.rows,
     }
-    write_text_atomic(out / "metrics.json", json.dumps(_clean(summary), indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(plain(summary), indent=2))
     if history.rows:
         plot_curves(history.rows, out / "curves.png", metric=metric if has_val else "loss")
     conf_src = results.get("test") or results.get("val")
@@ -424,14 +424,14 @@ def evaluate(model_path: str | os.PathLike[str], chips_dir: str | os.PathLike[st
                                 f"has {len(card.class_names)} ({', '.join(card.class_names)})")
     # the model's normalisation, not the dataset's: the tensors must be what it was trained on
     meta = {**meta, "stats": {"mean": card.input_spec["mean"], "std": card.input_spec["std"]}}
-    use_coords = _uses_coords(card.arch)
+    use_coords = uses_coords(card.arch)
     ds = ChipDataset(chips_dir, split, coords=use_coords, meta=meta)
     if len(ds) == 0:
         raise BadInputError(f"{chips_dir}: no chips in split {split!r}")
     dev = resolve_device(device)
     result = evaluate_model(loaded.model, ds, card.task, card.class_names, batch_size, dev,
                             use_coords)
-    result = _clean({"model": str(model_path), "model_name": card.name, "task": card.task,
+    result = plain({"model": str(model_path), "model_name": card.name, "task": card.task,
                      "chips_dir": str(chips_dir), "split": split, "class_names": card.class_names,
                      **result})
     if out is not None:
