@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import shutil
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,9 +390,8 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
     """Distil the teacher into a ``depth``-block student for ``epochs``; returns the best
     student (CPU, eval) and a summary (history, best epoch, seconds, results per split)."""
     import lightning as L
-    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-    from torch.utils.data import DataLoader
 
+    from terrastill.training.runner import run_training
     from terrastill.training.train import collate_items, quiet_lightning
 
     quiet_lightning()
@@ -410,70 +407,20 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
     module.model.load_state_dict(student.state_dict())
     module.teacher.load_state_dict(ctx.teacher.state_dict())
 
-    has_val = len(ctx.val_ds) > 0
-    # as in fit: val_select = ±metric − 0.001·val_loss, the metric with ties broken by loss
-    monitor = "val_select" if has_val else "train_loss"
-    mode = "max" if has_val else "min"
-    gen = torch.Generator().manual_seed(opt.seed)
-    bs = min(opt.batch_size, len(ctx.train_ds))
-    train_loader = DataLoader(ctx.train_ds, batch_size=bs, shuffle=True, generator=gen,
-                              num_workers=opt.num_workers, collate_fn=collate_items,
-                              drop_last=len(ctx.train_ds) % bs == 1,
-                              persistent_workers=opt.num_workers > 0)
-    val_loader = DataLoader(ctx.val_ds, batch_size=max(bs, 32), shuffle=False,
-                            num_workers=opt.num_workers, collate_fn=collate_items)
-
-    class History(Callback):
-        def __init__(self) -> None:
-            self.rows: list[dict[str, Any]] = []
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
-            for key, v in trainer.callback_metrics.items():
-                if key.startswith(("train_", "val_")):
-                    row[key] = float(v)
-            row["elapsed_s"] = round(time.perf_counter() - self.t0, 2)
-            self.rows.append(row)
-
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     if ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
-    history = History()
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                              save_top_k=1, save_last=False, enable_version_counter=False,
-                              save_weights_only=True)
-    callbacks: list[Any] = [history, ckpt_cb,
-                            EarlyStopping(monitor=monitor, mode=mode, patience=opt.patience)]
-    if opt.progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        max_epochs=int(epochs), accelerator="gpu" if ctx.device.startswith("cuda") else "cpu",
-        devices=1, precision=ctx.precision,
-        deterministic=True if ctx.device == "cpu" else "warn", logger=False,
-        callbacks=callbacks, enable_model_summary=False, enable_progress_bar=opt.progress,
-        num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0,
-        default_root_dir=str(out_dir), log_every_n_steps=1,
-    )
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)
-        trainer.fit(module, train_loader, val_loader if has_val else None)
-    seconds = time.perf_counter() - t0
-    best_epoch = None
-    best_path = ckpt_cb.best_model_path
-    if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
-        best_epoch = int(state.get("epoch", -1)) + 1
+    run = run_training(module, ctx.train_ds, ctx.val_ds, collate=collate_items, epochs=epochs,
+                       batch_size=opt.batch_size, seed=opt.seed, patience=opt.patience,
+                       device=ctx.device, precision=ctx.precision, ckpt_dir=ckpt_dir,
+                       progress=opt.progress, num_workers=opt.num_workers, keep_last=False)
+    monitor, seconds, best_epoch = run.monitor, run.seconds, run.best_epoch
     model = module.model.cpu().eval()
     ctx.teacher.cpu().eval()
-    summary = {"depth": depth, "epochs": int(epochs), "epochs_run": len(history.rows),
+    summary = {"depth": depth, "epochs": int(epochs), "epochs_run": len(run.history),
                "best_epoch": best_epoch, "monitor": monitor, "train_seconds": round(seconds, 2),
-               "history": history.rows, "feature_pairs": pairs}
+               "history": run.history, "feature_pairs": pairs}
     return model, summary
 
 

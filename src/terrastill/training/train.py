@@ -240,12 +240,12 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         options: TrainOptions | dict[str, Any] | None = None) -> Path:
     """Fine-tune ``options.model`` on ``chips_dir``; returns the path of ``out_dir/model.pt``."""
     import lightning as L
-    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
     from terrastill.models.weights import load_pretrained
     from terrastill.training.augment import FlipRotate
     from terrastill.training.module import MODULES
     from terrastill.training.plots import plot_confusion, plot_curves
+    from terrastill.training.runner import run_training
 
     opt = options if isinstance(options, TrainOptions) else TrainOptions.from_dict(options or {})
     quiet_lightning()
@@ -289,81 +289,15 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     if opt.weights and resume_from is None:
         load_info = load_pretrained(module.model, opt.weights).to_dict()
 
-    metric, mode = MONITOR[task]
+    metric, _mode = MONITOR[task]
     has_val = len(val_ds) > 0
-    # val_select = ±metric − 0.001·val_loss (higher is better): the metric, ties broken by loss
-    monitor = "val_select" if has_val else "train_loss"
-    mode = "max" if has_val else "min"
-    gen = torch.Generator().manual_seed(opt.seed)
-    bs = min(opt.batch_size, len(train_ds))
-    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=gen,
-                              num_workers=opt.num_workers, collate_fn=collate_items,
-                              drop_last=len(train_ds) % bs == 1,
-                              persistent_workers=opt.num_workers > 0)
-    val_loader = DataLoader(val_ds, batch_size=max(bs, 32), shuffle=False,
-                            num_workers=opt.num_workers, collate_fn=collate_items)
-
-    class History(Callback):
-        def __init__(self) -> None:
-            self.rows: list[dict[str, Any]] = []
-            self.t0 = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            m = trainer.callback_metrics
-            row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
-            for key, v in m.items():
-                if key.startswith(("train_", "val_")):
-                    row[key] = float(v)
-            row["elapsed_s"] = round(time.perf_counter() - self.t0, 2)
-            self.rows.append(row)
-
-        def state_dict(self) -> dict[str, Any]:
-            return {"rows": self.rows}
-
-        def load_state_dict(self, state: dict[str, Any]) -> None:
-            self.rows = list(state.get("rows", []))
-
-    history = History()
-    # best.ckpt: the selected epoch; last.ckpt: every epoch's end, for --resume (Lightning's
-    # save_last only copies a checkpoint when the monitored one improves)
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                              save_top_k=1, enable_version_counter=False)
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                              every_n_epochs=1, enable_version_counter=False)
-    callbacks: list[Any] = [history, ckpt_cb, last_cb,
-                            EarlyStopping(monitor=monitor, mode=mode, patience=opt.patience)]
-    if opt.progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        max_epochs=opt.epochs,
-        accelerator="gpu" if device.startswith("cuda") else "cpu",
-        devices=1,
-        precision=precision,
-        deterministic=True if device == "cpu" else "warn",
-        logger=False,
-        callbacks=callbacks,
-        enable_model_summary=False,
-        enable_progress_bar=opt.progress,
-        num_sanity_val_steps=0,
-        limit_val_batches=1.0 if has_val else 0,
-        default_root_dir=str(out),
-        log_every_n_steps=1,
-    )
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)
-        trainer.fit(module, train_loader, val_loader if has_val else None,
-                    ckpt_path=str(resume_from) if resume_from else None)
-    train_seconds = time.perf_counter() - t0
-
-    best_path = ckpt_cb.best_model_path
-    best_epoch = None
-    if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
-        best_epoch = int(state.get("epoch", -1)) + 1
+    run = run_training(module, train_ds, val_ds, collate=collate_items, epochs=opt.epochs,
+                       batch_size=opt.batch_size, seed=opt.seed, patience=opt.patience,
+                       device=device, precision=precision, ckpt_dir=ckpt_dir,
+                       progress=opt.progress, num_workers=opt.num_workers,
+                       resume_from=resume_from)
+    history_rows, best_epoch, train_seconds, monitor = (run.history, run.best_epoch,
+                                                        run.seconds, run.monitor)
     model = module.model.cpu().eval()
 
     results: dict[str, Any] = {}
@@ -382,7 +316,7 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         teacher=None,
         created_with={"terrastill": __version__, "command": opt.command or "terrastill train",
                       "torch": str(torch.__version__)},
-        training=plain({"options": dataclasses.asdict(opt), "epochs_run": len(history.rows),
+        training=plain({"options": dataclasses.asdict(opt), "epochs_run": len(history_rows),
                          "best_epoch": best_epoch, "monitor": monitor, "seconds":
                          round(train_seconds, 2), "device": device, "precision": precision,
                          "pretrained": load_info, "class_weights": weights_cw,
@@ -394,11 +328,11 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         "task": task, "model": opt.model, "name": name, "monitor": monitor,
         "best_epoch": best_epoch, "train_seconds": round(train_seconds, 2),
         "params": card.params, "macs": card.macs, "device": device, "precision": precision,
-        **results, "history": history.rows,
+        **results, "history": history_rows,
     }
     write_text_atomic(out / "metrics.json", json.dumps(plain(summary), indent=2))
-    if history.rows:
-        plot_curves(history.rows, out / "curves.png", metric=metric if has_val else "loss")
+    if history_rows:
+        plot_curves(history_rows, out / "curves.png", metric=metric if has_val else "loss")
     conf_src = results.get("test") or results.get("val")
     if conf_src and task != "regression":
         plot_confusion(conf_src["confusion"], class_names, out / "confusion.png",
