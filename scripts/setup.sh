@@ -14,7 +14,7 @@ if [ "$want_test" = 1 ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
   compgen -G "/usr/share/postgresql/*/extension/postgis.control" >/dev/null \
-    || missing+=(postgis)
+    || missing+=(postgresql-postgis)
   if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ]; then
       export DEBIAN_FRONTEND=noninteractive

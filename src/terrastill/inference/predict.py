@@ -365,6 +365,8 @@ def predict(request: PredictRequest,
         raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
     bf16 = use_bf16(req.precision, card, device)
     _check_output(req.out_dir)
+    for stale in req.out_dir.glob(f".tmp-{req.name}_*"):  # left by a killed run
+        stale.unlink(missing_ok=True)
 
     size = int(spec["chip_size"])
     res = float(spec.get("resolution") or read.profile.resolution)
