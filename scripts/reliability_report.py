@@ -11,7 +11,7 @@ local HTTP file server; the fault proxy (tests/faultproxy.py) drops, truncates, 
 the given fraction of requests in front of the API or the assets. Stages:
 
 - ``search``            StacApiCatalog searches (page limit 3) through a faulty API
-- ``asset-read``        io_http.read_asset of COGs through a faulty asset server
+- ``asset-read``        data.read.read_whole of COGs through a faulty asset server
 - ``chips/api``         ``terrastill chips`` with a faulty API (file assets)
 - ``chips/assets``      ``terrastill chips`` with faulty asset HTTP (no truncation)
 - ``chips/truncation``  ``terrastill chips`` with asset bodies cut short mid-transfer
@@ -169,8 +169,8 @@ def stage_search(cell: Cell, api: str, seeds: list[int], bbox: list[float],
 def stage_assets(cell: Cell, files_url: str, world: Path, seeds: list[int]) -> None:
     import numpy as np
 
+    from terrastill.data.read import read_whole
     from terrastill.errors import AssetReadError
-    from terrastill.io_http import read_asset
     from terrastill.retry import RetryPolicy
 
     paths = sorted(world.rglob("*.tif"))
@@ -182,7 +182,7 @@ def stage_assets(cell: Cell, files_url: str, world: Path, seeds: list[int]) -> N
             for p in paths:
                 href = f"{proxy.url}/{p.relative_to(world).as_posix()}"
                 try:
-                    got = read_asset(href, lambda ds: ds.read(1), retry=RetryPolicy.fast(4))
+                    got = read_whole(href, policy=RetryPolicy.fast(4))
                 except AssetReadError as exc:
                     cell.clear_failures += 1
                     cell.notes[str(exc).split(": ", 1)[-1][:100]] += 1
@@ -193,7 +193,7 @@ def stage_assets(cell: Cell, files_url: str, world: Path, seeds: list[int]) -> N
                     cell.notes[f"crash: {type(exc).__name__}: {exc}"[:120]] += 1
                     ok = False
                     break
-                want = read_asset(str(p), lambda ds: ds.read(1))
+                want = read_whole(str(p))
                 if not np.array_equal(got, want):
                     cell.silent_corruptions += 1
                     cell.notes[f"different pixels: {p.name}"] += 1

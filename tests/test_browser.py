@@ -117,8 +117,11 @@ def test_draw_submit_and_view(server, tmp_path):
             boxes = page.evaluate("window.terrastill.state.boxes")
             assert np.allclose(boxes[0], AOI, atol=2e-3), boxes
 
-            # edit: drag the north-east corner east, then back
-            ne = page.evaluate(f"window.terrastill.map.project([{AOI[2]}, {AOI[3]}])")
+            # edit: drag the north-east corner east, then back; grab the corner where it was
+            # actually drawn (a few pixels off the AOI's) once the map has stopped moving
+            page.wait_for_function("() => !window.terrastill.map.isMoving()")
+            ne = page.evaluate(
+                f"window.terrastill.map.project([{boxes[0][2]}, {boxes[0][3]}])")
             for dx in (40, -40):
                 page.mouse.move(canvas["x"] + ne["x"], canvas["y"] + ne["y"])
                 page.mouse.down()

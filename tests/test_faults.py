@@ -25,8 +25,8 @@ from stac_server import (  # noqa: F401 - pytest fixtures
 )
 from terrastill.catalog import Search
 from terrastill.catalog.stac_api import StacApiCatalog
+from terrastill.data.read import read_whole
 from terrastill.errors import AssetReadError, CatalogError
-from terrastill.io_http import read_asset
 from terrastill.retry import RetryPolicy
 
 pytestmark = pytest.mark.pgstac
@@ -157,10 +157,8 @@ def test_asset_reads_survive_each_fault_kind(files, tiny: Path, kind: str) -> No
     faults = Faults(rate=0.5, kinds=(kind,), seed=5, max_consecutive=2, delay_s=0.02)
     with FaultProxy(files.url, faults) as proxy:
         for name in names:
-            got = read_asset(
-                f"{proxy.url}/assets/{name}", lambda ds: ds.read(1), retry=RetryPolicy.fast(4)
-            )
-            want = read_asset(str(tiny.parent / "assets" / name), lambda ds: ds.read(1))
+            got = read_whole(f"{proxy.url}/assets/{name}", policy=RetryPolicy.fast(4))
+            want = read_whole(str(tiny.parent / "assets" / name))
             np.testing.assert_array_equal(got, want)
         assert proxy.stats["faulted"] > 0
 
@@ -169,20 +167,18 @@ def test_asset_total_failure_is_clear(files) -> None:
     with FaultProxy(files.url, Faults(rate=1.0, kinds=("503",), max_consecutive=None)) as proxy:
         href = f"{proxy.url}/assets/x.tif"
         with pytest.raises(AssetReadError, match=r"x.tif: unreachable after retries.*503") as ei:
-            read_asset(href, lambda ds: ds.read(1), retry=RetryPolicy.fast(3))
+            read_whole(href, policy=RetryPolicy.fast(3))
         assert getattr(ei.value, "transient", None) is True
 
 
-def test_corrupt_remote_asset_is_rejected_not_retried_forever(files, tiny: Path) -> None:
+def test_corrupt_remote_asset_is_rejected_not_retried_forever(files, tiny: Path,
+                                                              real_data: Path) -> None:
     import shutil
 
-    shutil.copy(
-        Path(__file__).parents[2] / "shared/data/real/rasterio/corrupt.tif",
-        tiny.parent / "corrupt.tif",
-    )
+    shutil.copy(real_data / "rasterio" / "corrupt.tif", tiny.parent / "corrupt.tif")
     with FaultProxy(files.url) as proxy:
         with pytest.raises(AssetReadError, match=r"corrupt\.tif: cannot read asset") as ei:
-            read_asset(f"{proxy.url}/corrupt.tif", lambda ds: ds.read(1), retry=RetryPolicy.fast(3))
+            read_whole(f"{proxy.url}/corrupt.tif", policy=RetryPolicy.fast(3))
         assert getattr(ei.value, "transient", None) is False
         assert proxy.stats["requests"] <= 3 * 15  # bounded: 3 tries of a few range reads
 
@@ -190,5 +186,5 @@ def test_corrupt_remote_asset_is_rejected_not_retried_forever(files, tiny: Path)
 def test_missing_remote_asset_is_not_retried(files) -> None:
     with FaultProxy(files.url) as proxy:
         with pytest.raises(AssetReadError, match="404"):
-            read_asset(f"{proxy.url}/nope.tif", lambda ds: ds.read(1), retry=RetryPolicy.fast(5))
+            read_whole(f"{proxy.url}/nope.tif", policy=RetryPolicy.fast(5))
         assert proxy.stats["requests"] <= 2

@@ -19,8 +19,9 @@ from stac_server import (  # noqa: F401 - pytest fixtures
 )
 from terrastill.catalog import LocalCatalog, Search, open_catalog
 from terrastill.catalog.stac_api import StacApiCatalog, cloud_filter_cql2
+from terrastill.data.read import read_whole
 from terrastill.errors import AssetReadError, BadInputError, CatalogError, NotFoundError
-from terrastill.io_http import gdal_env, read_asset
+from terrastill.io_http import gdal_env
 from terrastill.retry import RetryPolicy
 
 pytestmark = pytest.mark.pgstac
@@ -209,9 +210,9 @@ def test_items_with_missing_assets(pgstac, tiny_items, tiny_collections, tmp_pat
     broken = next(it for it in got if it.id == items[1]["id"])
     assert broken.assets["red"].href == gone
     with pytest.raises(AssetReadError, match=r"gone\.tif"):
-        read_asset(broken.assets["red"].href, lambda ds: ds.read(1), retry=FAST)
+        read_whole(broken.assets["red"].href, policy=FAST)
     ok = next(it for it in got if it.id == items[0]["id"])
-    assert read_asset(ok.assets["red"].href, lambda ds: ds.read(1), retry=FAST).shape == (32, 32)
+    assert read_whole(ok.assets["red"].href, policy=FAST).shape == (32, 32)
 
 
 def test_http_assets_through_fault_proxy(
@@ -246,8 +247,8 @@ def test_http_assets_through_fault_proxy(
         assert _ids(got) == _ids(want)
         for a, b in zip(got, want, strict=True):
             assert a.assets["red"].href.startswith("http://127.0.0.1")
-            arr = read_asset(a.assets["red"].href, lambda ds: ds.read(1), retry=RetryPolicy.fast(4))
-            ref = read_asset(b.assets["red"].href, lambda ds: ds.read(1))
+            arr = read_whole(a.assets["red"].href, policy=RetryPolicy.fast(4))
+            ref = read_whole(b.assets["red"].href)
             np.testing.assert_array_equal(arr, ref)
         assert proxy.stats["faulted"] > 0
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -239,52 +238,6 @@ def call_with_retries(
         err = AssetReadError(f"{href}: {what} ({_one_line(error_text(exc))})")
         err.transient = transient  # type: ignore[attr-defined]
         raise err from exc
-
-
-@contextmanager
-def open_raster(
-    href: str,
-    *,
-    retry: RetryPolicy | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Iterator[Any]:
-    """``rasterio.open`` an asset with retries; failures become :class:`AssetReadError`.
-
-    Reads inside the ``with`` block are not retried (use :func:`read_asset` for open + read
-    as one retried unit).
-    """
-    import rasterio
-
-    options = dict(env) if env is not None else gdal_env(retry=retry)
-    with rasterio.Env(**options):
-        ds = call_with_retries(href, lambda: rasterio.open(gdal_path(href)), retry=retry)
-        try:
-            yield ds
-        finally:
-            ds.close()
-
-
-def read_asset(
-    href: str,
-    read: Callable[[Any], T],
-    *,
-    retry: RetryPolicy | None = None,
-    env: Mapping[str, str] | None = None,
-) -> T:
-    """Open ``href`` and apply ``read(dataset)``, retrying the pair on transient errors.
-
-    A missing, corrupt or truncated asset, or one still failing after ``retry.attempts`` tries,
-    raises :class:`AssetReadError` with the href and GDAL's reason.
-    """
-    import rasterio
-
-    def once() -> T:
-        with rasterio.open(gdal_path(href)) as ds:
-            return read(ds)
-
-    options = dict(env) if env is not None else gdal_env(retry=retry)
-    with rasterio.Env(**options):
-        return call_with_retries(href, once, retry=retry)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -158,6 +158,25 @@ def read_asset(
                              retry=policy)
 
 
+def read_whole(href: str, policy: RetryPolicy | None = None, band: int = 1) -> np.ndarray:
+    """Read a whole band of ``href`` on its own grid, through the same open, retry and
+    header checks as :func:`read_asset` (used by checks and reports, not by chips)."""
+
+    def once() -> np.ndarray:
+        try:
+            with gdal_session():
+                src = _DATASETS.get(href)
+                epsg = src.crs.to_epsg() if src.crs is not None else 4326
+                grid = GridSpec(epsg, src.transform, src.width, src.height)
+                fill = src.nodata if src.nodata is not None else 0
+                return _read_open(src, grid, Resampling.nearest, fill, band)
+        except (RasterioError, OSError):
+            _DATASETS.drop(href)
+            raise
+
+    return call_with_retries(href, once, retry=policy)
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """Items of one collection acquired on one day, mosaicked together (tile edges)."""
