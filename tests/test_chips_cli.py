@@ -257,3 +257,19 @@ def test_polygons_in_geojson_are_rasterized_with_their_label(small_world, tmp_pa
         labelled += int((arr == 0).sum())
     # a ~320 m square at 30 m covers on the order of 100 pixels
     assert 60 < labelled < 200
+
+
+def test_geoparquet_points_give_the_same_chips_as_csv(reference, small_world, tmp_path):
+    from shapely.geometry import Point
+
+    df = pd.read_csv(small_world["tasks"]["flood"]["observations"])
+    gdf = gpd.GeoDataFrame(df[["date", "label"]],
+                           geometry=[Point(x, y) for x, y in zip(df.lon, df.lat, strict=True)],
+                           crs="EPSG:4326")
+    path = tmp_path / "obs.parquet"
+    gdf.to_parquet(path)
+    res = runner.invoke(app, chips_args(small_world, tmp_path / "gp", str(path)))
+    assert res.exit_code == 0, res.output
+    for sub in ("chips", "labels"):
+        got = digest(tmp_path / "gp" / sub)
+        assert got and got == digest(reference / sub)
