@@ -154,7 +154,6 @@ def plot_search(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from terrastill.atomic import atomic_path
 
     metric = next((r.get("metric_name") for r in rows if r.get("metric_name")), "metric")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -187,12 +186,9 @@ def plot_search(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    from terrastill.training.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def write_search_report(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],

@@ -41,12 +41,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel(f"val {metric}")
     axes[1].grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -72,6 +67,13 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
             ax.text(j, i, f"{norm[i, j]:.2f}\n{int(conf[i, j])}", ha="center", va="center",
                     fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out, write (atomically, PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
