@@ -196,11 +196,19 @@
   $("draw-btn").addEventListener("click", () => setDrawMode(!state.drawMode));
   $("clear-btn").addEventListener("click", () => { state.boxes = []; renderBoxes(); });
 
+  // The corner under the pointer, found from the boxes themselves (not from rendered
+  // features, which lag a frame behind a new box and would let the press pan the map).
   function handleAt(point) {
-    if (!map.getLayer("handles")) return null;
-    const pad = 6;
-    const hits = map.queryRenderedFeatures([[point.x - pad, point.y - pad], [point.x + pad, point.y + pad]], { layers: ["handles"] });
-    return hits.length ? hits[0].properties : null;
+    const pad = 8;
+    let best = null;
+    state.boxes.forEach((b, i) => {
+      [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]].forEach((c, k) => {
+        const p = map.project(c);
+        const d = Math.max(Math.abs(p.x - point.x), Math.abs(p.y - point.y));
+        if (d <= pad && (!best || d < best.d)) best = { index: i, corner: k, d };
+      });
+    });
+    return best;
   }
 
   map.on("mousedown", (e) => {
