@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,8 +154,54 @@ def read_asset(
     (``terrastill.io_http``); a missing, corrupt or unreadable asset becomes an
     :class:`AssetReadError` naming it (``transient`` when it was only unreachable).
     """
+    region = _REGION.grid
+    if region is not None and (off := _offset_in(region, grid)) is not None:
+        key = (href, band, float(fill), int(resampling))
+        whole = _REGION.cache.get(key)
+        if whole is None:
+            whole = call_with_retries(
+                href, lambda: _read_once(href, region, resampling, fill, band), retry=policy)
+            _REGION.cache[key] = whole
+        r, c = off
+        return whole[r:r + grid.height, c:c + grid.width].copy()
     return call_with_retries(href, lambda: _read_once(href, grid, resampling, fill, band),
                              retry=policy)
+
+
+class _Region(threading.local):
+    grid: GridSpec | None = None
+    cache: dict = {}  # noqa: RUF012 - replaced per region
+
+
+_REGION = _Region()
+
+
+@contextlib.contextmanager
+def read_region(grid: GridSpec) -> Iterator[None]:
+    """Within this block, reads of grids lying on ``grid``'s pixels are cut from one read of
+    ``grid`` per asset (neighbouring prediction windows share their reads). The values are
+    those of a direct read: same pixel centres, same nearest-neighbour source pixels."""
+    prev = (_REGION.grid, _REGION.cache)
+    _REGION.grid, _REGION.cache = grid, {}
+    try:
+        yield
+    finally:
+        _REGION.grid, _REGION.cache = prev
+
+
+def _offset_in(region: GridSpec, grid: GridSpec) -> tuple[int, int] | None:
+    """(row, col) of ``grid`` inside ``region`` when it lies on the same pixels, else None."""
+    rt, gt = region.transform, grid.transform
+    if region.epsg != grid.epsg or rt.a != gt.a or rt.e != gt.e:
+        return None
+    col = (gt.c - rt.c) / rt.a
+    row = (gt.f - rt.f) / rt.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    r, c = round(row), round(col)
+    if r < 0 or c < 0 or r + grid.height > region.height or c + grid.width > region.width:
+        return None
+    return r, c
 
 
 def read_whole(href: str, policy: RetryPolicy | None = None, band: int = 1) -> np.ndarray:

@@ -23,6 +23,7 @@ from terrastill.catalog import Search, open_catalog
 from terrastill.data.chips import ReadOptions, items_over, read_chip
 from terrastill.data.grid import GridSpec, window_grid
 from terrastill.data.plan import catalog_collections
+from terrastill.data.read import read_region
 from terrastill.data.temporal import TemporalOptions, group_acquisitions
 from terrastill.errors import (
     AssetReadError,
@@ -195,26 +196,28 @@ def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
     spec = card.input_spec
     outs: list[WindowOutput | None] = []
     tensors, idx, coords = [], [], []
-    for g in grids:
-        t0 = time.perf_counter()
-        try:
-            chip = read_chip(g, date, items_over(items, g), read)
-        except (NoImageryError, AssetReadError) as exc:
-            if isinstance(exc, AssetReadError) and exc.transient:
-                raise
-            outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(exc),
-                                     time.perf_counter() - t0))
-            continue
-        x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
-        rgb = None
-        if all(b in chip.bands for b in ("red", "green", "blue")):
-            rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
-        ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
-        outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
-                                 read_s=time.perf_counter() - t0))
-        tensors.append(x)
-        coords.append(window_coords(chip))
-        idx.append(len(outs) - 1)
+    # neighbouring windows of a batch share one read per asset
+    with read_region(_union_grid(grids)):
+        for g in grids:
+            t0 = time.perf_counter()
+            try:
+                chip = read_chip(g, date, items_over(items, g), read)
+            except (NoImageryError, AssetReadError) as exc:
+                if isinstance(exc, AssetReadError) and exc.transient:
+                    raise
+                outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(exc),
+                                         time.perf_counter() - t0))
+                continue
+            x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
+            rgb = None
+            if all(b in chip.bands for b in ("red", "green", "blue")):
+                rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
+            ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
+            outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
+                                     read_s=time.perf_counter() - t0))
+            tensors.append(x)
+            coords.append(window_coords(chip))
+            idx.append(len(outs) - 1)
     if tensors:
         t0 = time.perf_counter()
         y = run_model(loaded, tensors, bf16, coords)
