@@ -251,10 +251,22 @@ class StepRead:
     hrefs: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _hrefs(acq: Acquisition, profile: SourceProfile, band: str) -> list[tuple[str, dict]]:
-    """(href, item properties) per item of the acquisition that carries ``band``."""
+def _item_epsg(props: dict) -> int | None:
+    """The EPSG code of an item's grid from the projection extension (v1 or v2)."""
+    if props.get("proj:epsg") is not None:
+        return int(props["proj:epsg"])
+    code = str(props.get("proj:code") or "")
+    return int(code.split(":")[1]) if code.upper().startswith("EPSG:") else None
+
+
+def _hrefs(acq: Acquisition, profile: SourceProfile, band: str,
+           epsg: int | None = None) -> list[tuple[str, dict]]:
+    """(href, item properties) per item of the acquisition that carries ``band``, in mosaic
+    order: items on the target grid's own CRS first (no resampling), then the others, each
+    group in id order."""
     out = []
-    for it in acq.items:
+    items = sorted(acq.items, key=lambda it: (_item_epsg(it["properties"]) != epsg, it["id"]))
+    for it in items:
         key = profile.asset_key(it["assets"], band)
         if key is not None:
             out.append((it["assets"][key]["href"], it["properties"]))
@@ -267,20 +279,25 @@ def read_qa(acq: Acquisition, profile: SourceProfile, grid: GridSpec,
 
     ``invalid`` is true where no item covers the pixel, QA says nodata or a masked class;
     ``cloud`` is true where QA says a masked class (clouds, shadows, ...). Items are mosaicked
-    first-valid-wins in id order. Sources without QA only get the coverage mask.
+    first-valid-wins in mosaic order (see :func:`_hrefs`); once every pixel is covered the
+    remaining items are not read. Sources without QA only get the coverage mask.
     """
     covered = np.zeros((grid.height, grid.width), dtype=bool)
     flagged = np.zeros_like(covered)
-    qa_items = _hrefs(acq, profile, "qa")
+    qa_items = _hrefs(acq, profile, "qa", grid.epsg)
     if not qa_items:
         # No QA asset: coverage comes from the first band's nodata.
         first = profile.band_names[0]
-        for href, _props in _hrefs(acq, profile, first):
+        for href, _props in _hrefs(acq, profile, first, grid.epsg):
+            if covered.all():
+                break
             dn = read_asset(href, grid, fill=_fill(profile))
             covered |= _valid_dn(dn, profile)
         return ~covered, flagged
     qa_fill = profile.qa_nodata if profile.qa_nodata is not None else 0
     for href, _props in qa_items:
+        if covered.all():
+            break
         qa = read_asset(href, grid, fill=qa_fill)
         here = (qa != qa_fill) & ~covered if profile.qa_nodata is not None else ~covered
         bad = profile.invalid_mask(qa, mask_classes)
@@ -321,7 +338,9 @@ def read_acquisition(
     for b, band in enumerate(bands):
         filled = np.zeros((grid.height, grid.width), dtype=bool)
         hrefs[band] = []
-        for href, props in _hrefs(acq, profile, band):
+        for href, props in _hrefs(acq, profile, band, grid.epsg):
+            if filled.all():
+                break  # the items left could only fill pixels that are already filled
             dn = read_asset(href, grid, fill=_fill(profile), resampling=resampling)
             here = _valid_dn(dn, profile) & ~filled
             if here.any():
@@ -330,7 +349,7 @@ def read_acquisition(
                 filled |= here
             hrefs[band].append(href)
         invalid = invalid | ~filled
-    hrefs["qa"] = [h for h, _props in _hrefs(acq, profile, "qa")]
+    hrefs["qa"] = [h for h, _props in _hrefs(acq, profile, "qa", grid.epsg)]
     out[:, invalid] = np.nan
     n = invalid.size
     return StepRead(out, float(invalid.sum()) / n, float(cloud.sum()) / n, acq, hrefs)
