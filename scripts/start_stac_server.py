@@ -25,26 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from stac_server import (
     PgStacService,
     StaticFileServer,
-    collection_for,
     find_pg_bin,
     load_item_collection,
     make_tiny_catalog,
     rehref,
     strip_links,
+    world_collections,
 )
-
-
-def collections_for(catalog: Path, items: list[dict]) -> list[dict]:
-    folder = catalog.parent / "collections"
-    found = {}
-    if folder.is_dir():
-        for p in sorted(folder.glob("*.json")):
-            c = json.loads(p.read_text())
-            c["links"] = []
-            found[c["id"]] = c
-    for cid in sorted({f.get("collection") for f in items if f.get("collection")}):
-        found.setdefault(cid, collection_for(items, cid))
-    return list(found.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         items = rehref(items, lambda h: files.url + h[len(root) :] if h.startswith(root) else h)
     t0 = time.monotonic()
     service = PgStacService(pg_bin).start()
-    url = service.serve("catalog", collections_for(catalog, items), items)
+    url = service.serve("catalog", world_collections(catalog.parent, items), items)
     took = time.monotonic() - t0
     try:
         print(

@@ -720,3 +720,17 @@ def dataset_fingerprint(
 
 def fingerprint_diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+@pytest.fixture(scope="module")
+def fast_retries() -> Iterator[None]:
+    """Millisecond backoff for every RetryPolicy() and GDAL retry (also in subprocesses)."""
+    keys = {"TERRASTILL_RETRY_BASE_DELAY": "0.005", "TERRASTILL_RETRY_MAX_DELAY": "0.05"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

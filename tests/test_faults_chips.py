@@ -23,13 +23,14 @@ import pytest
 from faultproxy import FaultProxy, Faults
 from stac_server import (  # noqa: F401 - pytest fixtures
     dataset_fingerprint,
+    fast_retries,
     fingerprint_diff,
     pgstac,
     serve_catalog,
     static_server_factory,
 )
 
-pytestmark = [pytest.mark.pgstac, pytest.mark.slow]
+pytestmark = [pytest.mark.pgstac, pytest.mark.slow, pytest.mark.usefixtures("fast_retries")]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 OPTS = ["--classes", "land,water", "--chip-size", "16", "--num-steps", "2", "--temporal-step",
@@ -39,18 +40,6 @@ N_ROWS = 60  # observations used (a subset keeps server runs short)
 NO_TRUNCATE = ("drop", "delay", "429", "500", "503")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_retries():
-    """Millisecond backoff for every RetryPolicy() and GDAL retry (also in subprocesses)."""
-    keys = {"TERRASTILL_RETRY_BASE_DELAY": "0.005", "TERRASTILL_RETRY_MAX_DELAY": "0.05"}
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,17 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy, Faults
-from stac_server import pgstac, serve_catalog, static_server_factory  # noqa: F401 - fixtures
+from stac_server import (  # noqa: F401 - pytest fixtures
+    fast_retries,
+    pgstac,
+    serve_catalog,
+    static_server_factory,
+)
 
-pytestmark = [pytest.mark.pgstac, pytest.mark.slow]
+pytestmark = [pytest.mark.pgstac, pytest.mark.slow, pytest.mark.usefixtures("fast_retries")]
 NO_TRUNCATE = ("drop", "delay", "429", "500", "503")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_retries():
-    keys = {"TERRASTILL_RETRY_BASE_DELAY": "0.005", "TERRASTILL_RETRY_MAX_DELAY": "0.05"}
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def predict(model: Path, world: dict, catalog: str, out: Path) -> tuple[int, str]:
