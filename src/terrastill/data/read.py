@@ -13,7 +13,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -31,11 +30,6 @@ from terrastill.retry import RetryPolicy
 from terrastill.sources.base import SourceProfile
 
 log = logging.getLogger(__name__)
-
-def _gdal_env() -> dict[str, Any]:
-    """GDAL options for remote assets: retries, auth, no directory listings."""
-    return gdal_env()
-
 
 def _aligned_window(src: rasterio.DatasetReader, grid: GridSpec) -> Window | None:
     """The source window equal to ``grid`` when both share CRS, resolution and pixel phase."""
@@ -70,7 +64,7 @@ def _overlaps(src: rasterio.DatasetReader, grid: GridSpec) -> bool:
 
 def gdal_session() -> contextlib.AbstractContextManager:
     """A GDAL environment for a batch of reads (reused when one is already active)."""
-    return contextlib.nullcontext() if hasenv() else rasterio.Env(**_gdal_env())
+    return contextlib.nullcontext() if hasenv() else rasterio.Env(**gdal_env())
 
 
 class _OpenDatasets(threading.local):
