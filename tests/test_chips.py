@@ -141,31 +141,51 @@ def test_chip_pixels_equal_source_cogs_at_the_same_map_coordinate(flood_chips):
     assert cross_zone > 0, "no chip drew on the neighbouring UTM zone's tiles"
 
 
-def test_region_reads_equal_direct_reads(small_world):
-    """Windows cut from one shared read of their union give the same arrays as direct reads,
-    also where pixels come from the neighbouring UTM zone (reprojected)."""
+def test_shared_reads_equal_direct_reads(small_world):
+    """Windows read together (one read of their union per asset, cut per window) give the
+    same arrays, acquisitions and fractions as each window read alone, also where pixels
+    come from the neighbouring UTM zone (reprojected) and where a window has no imagery."""
     from affine import Affine
 
     from terrastill.catalog import LocalCatalog, Search
-    from terrastill.data.chips import read_chip
+    from terrastill.data.chips import ChipRead, read_chip, read_chips
     from terrastill.data.grid import GridSpec
-    from terrastill.data.read import read_region
+    from terrastill.errors import NoImageryError
 
     cat = LocalCatalog(small_world["catalog"])
     items = [it.to_dict(transform_hrefs=False) for it in cat.search(Search(
         (), tuple(small_world["bbox"]), dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
         dt.datetime(2024, 7, 15, tzinfo=dt.UTC)))]
-    opts = ReadOptions(temporal=TemporalOptions(2, 9, 4, 100))
-    day = dt.date.fromisoformat(small_world["tasks"]["flood"]["date"])
     tile = next(t for t in small_world["tiles"] if t["epsg"] == 32633)
     t = tile["transform"]
     x0, y0 = t[2] - 30 * 20, t[5] - 30 * 8  # starts west of the zone-33 tile: cross-zone
     windows = [GridSpec(32633, Affine(30, 0, x0 + 30 * 12 * i, 0, -30, y0), 16, 16)
-               for i in range(4)]
-    union = GridSpec(32633, Affine(30, 0, x0, 0, -30, y0), 12 * 3 + 16, 16)
-    direct = [read_chip(g, day, items, opts).array for g in windows]
-    with read_region(union):
-        shared = [read_chip(g, day, items, opts).array for g in windows]
-    for a, b in zip(direct, shared, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert np.isfinite(direct[0]).any()
+               for i in range(7)]
+    # east of the easternmost tile: no imagery for this one window
+    edge = max(z["bounds"][2] for z in small_world["tiles"] if z["epsg"] == 32633)
+    east = x0 + 30 * (int((edge - x0) // 30) + 8)
+    windows.append(GridSpec(32633, Affine(30, 0, east, 0, -30, y0), 16, 16))
+    opts = ReadOptions(temporal=TemporalOptions(2, 9, 4, 50))
+    compared = rejected = partial = 0
+    for day in sorted({dt.date.fromisoformat(it["properties"]["datetime"][:10])
+                       for it in items}):
+        shared = read_chips(windows, day, items, opts)
+        assert len(shared) == len(windows)
+        for g, got in zip(windows, shared, strict=True):
+            try:
+                direct = read_chip(g, day, items, opts)
+            except NoImageryError as exc:
+                assert isinstance(got, NoImageryError) and str(got) == str(exc)
+                rejected += "exceed" in str(exc)
+                continue
+            assert isinstance(got, ChipRead)
+            np.testing.assert_array_equal(direct.array, got.array)
+            assert [s.acquisition for s in direct.steps] == [s.acquisition for s in got.steps]
+            for a, b in zip(direct.steps, got.steps, strict=True):
+                assert a.invalid_fraction == pytest.approx(b.invalid_fraction)
+                assert a.cloud_fraction == pytest.approx(b.cloud_fraction)
+                partial += 0 < a.invalid_fraction < 1
+            compared += 1
+        assert isinstance(shared[-1], NoImageryError)
+    # the comparison met windows too cloudy to use and windows chosen despite some cloud
+    assert compared >= 50 and rejected >= 1 and partial >= 1

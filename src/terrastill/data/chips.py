@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 from rasterio.enums import Resampling
 from shapely.geometry import box, shape
 
-from terrastill.data.grid import GridSpec
+from terrastill.data.grid import GridSpec, union_grid
 from terrastill.data.read import (
     Acquisition,
     StepRead,
@@ -19,7 +20,7 @@ from terrastill.data.read import (
     read_qa,
 )
 from terrastill.data.temporal import TemporalOptions, choose_steps, group_acquisitions
-from terrastill.errors import NoImageryError
+from terrastill.errors import AssetReadError, NoImageryError
 from terrastill.sources import SourceProfile, get_profile
 
 
@@ -102,6 +103,119 @@ def items_over(items: Sequence[dict], grid: GridSpec) -> list[dict]:
     return [it for it in items if it.get("geometry") and shape(it["geometry"]).intersects(foot)]
 
 
+class _SharedReads:
+    """Each acquisition's QA masks and masked reflectance over one region, read once.
+
+    An acquisition here mosaics every item that touches any of the region's windows; a
+    window's own items are a subset and the others hold no pixel of it, so a window's cut
+    equals the mosaic of its own items. A failed read is kept and raised again for every
+    window that needs it, without reading it again.
+    """
+
+    def __init__(self, region: GridSpec, opts: ReadOptions, acqs: dict[str, Acquisition]):
+        self.region, self.acqs = region, acqs
+        self.profile, self.bands = opts.profile, opts.resolved_bands()
+        self.mask, self.resampling = opts.resolved_mask(), Resampling[opts.resampling]
+        self._qa: dict[str, tuple[np.ndarray, np.ndarray] | AssetReadError] = {}
+        self._steps: dict[str, StepRead | AssetReadError] = {}
+
+    def qa(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self._qa:
+            try:
+                self._qa[key] = read_qa(self.acqs[key], self.profile, self.region, self.mask)
+            except AssetReadError as exc:
+                self._qa[key] = exc
+        got = self._qa[key]
+        if isinstance(got, AssetReadError):
+            raise got
+        return got
+
+    def step(self, key: str) -> StepRead:
+        if key not in self._steps:
+            try:
+                self._steps[key] = read_acquisition(
+                    self.acqs[key], self.profile, self.bands, self.region, self.mask,
+                    self.resampling, qa=self.qa(key))
+            except AssetReadError as exc:
+                self._steps[key] = exc
+        got = self._steps[key]
+        if isinstance(got, AssetReadError):
+            raise got
+        return got
+
+
+def read_chips(
+    grids: Sequence[GridSpec],
+    last_date: dt.date,
+    items: Sequence[dict],
+    opts: ReadOptions,
+) -> list[ChipRead | NoImageryError | AssetReadError]:
+    """Read the chips of several windows lying on one pixel grid, sharing their reads.
+
+    Every acquisition is read once over the windows' union and cut per window; each window
+    still picks its own acquisitions from the items touching it and from the masked share of
+    its own cut, so every chip equals what :func:`read_chip` reads for that window alone.
+    A window without usable imagery, or whose chosen asset cannot be read, gets the
+    :class:`NoImageryError` / :class:`AssetReadError` in place of its chip; an asset that was
+    only unreachable (``transient``) raises, so the whole read can be retried.
+    """
+    region = grids[0] if len(grids) == 1 else union_grid(grids)
+    located = [it for it in items if it.get("geometry")]
+    footprints = np.array([shape(it["geometry"]) for it in located], dtype=object)
+    groups: dict[tuple[int, ...], list[Acquisition]] = {}
+    window_acqs = []
+    for grid in grids:
+        hits = tuple(np.flatnonzero(
+            shapely.intersects(footprints, box(*grid.lonlat_bounds()))).tolist())
+        if hits not in groups:
+            groups[hits] = group_acquisitions(located[i] for i in hits)
+        window_acqs.append(groups[hits])
+    merged: dict[str, Acquisition] = {}  # per acquisition, the items of all windows
+    for acqs in groups.values():
+        for a in acqs:
+            have = merged.get(a.key)
+            its = {it["id"]: it for it in (have.items if have else ()) + a.items}
+            merged[a.key] = Acquisition(a.collection, a.date,
+                                        tuple(its[i] for i in sorted(its)))
+    shared = _SharedReads(region, opts, merged)
+    title = opts.profile.name.upper()
+    out: list[ChipRead | NoImageryError | AssetReadError] = []
+    with gdal_session():
+        for grid, acqs in zip(grids, window_acqs, strict=True):
+            off = region.offset_of(grid)
+            if off is None:
+                raise ValueError(f"window {grid} does not lie on the pixels of {region}")
+            cut = np.s_[off[0]:off[0] + grid.height, off[1]:off[1] + grid.width]
+
+            def invalid_fraction(acq: Acquisition, cut: tuple = cut) -> float:
+                return float(shared.qa(acq.key)[0][cut].mean())
+
+            try:
+                choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction, title)
+                for c in choices:
+                    if c.acquisition is None:
+                        raise NoImageryError(c.reason)
+                steps = [_cut_step(shared, c.acquisition, cut) for c in choices
+                         if c.acquisition is not None]
+            except (NoImageryError, AssetReadError) as exc:
+                if isinstance(exc, AssetReadError) and exc.transient:
+                    raise
+                out.append(exc)
+                continue
+            out.append(ChipRead(np.stack([s.data for s in steps]), grid, shared.bands, steps))
+    return out
+
+
+def _cut_step(shared: _SharedReads, acq: Acquisition, cut: tuple) -> StepRead:
+    """One window's part of an acquisition read over the shared region."""
+    whole = shared.step(acq.key)
+    data = np.ascontiguousarray(whole.data[(slice(None), *cut)])
+    # a pixel is either valid in every band or NaN in every band (see read_acquisition)
+    invalid = float(np.isnan(data[0]).mean())
+    cloud = float(shared.qa(acq.key)[1][cut].mean())
+    return StepRead(data, invalid, cloud, acq, whole.hrefs)
+
+
 def read_chip(
     grid: GridSpec,
     last_date: dt.date,
@@ -113,28 +227,7 @@ def read_chip(
     Raises :class:`NoImageryError` with the reason when a step has no usable acquisition, and
     :class:`AssetReadError` when an asset cannot be read.
     """
-    profile = opts.profile
-    bands = opts.resolved_bands()
-    mask = opts.resolved_mask()
-    resampling = Resampling[opts.resampling]
-    qa_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def invalid_fraction(acq: Acquisition) -> float:
-        qa_cache[acq.key] = read_qa(acq, profile, grid, mask)
-        return float(qa_cache[acq.key][0].mean())
-
-    acqs = group_acquisitions(items_over(items, grid))
-    with gdal_session():
-        choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction,
-                               profile.name.upper())
-        for c in choices:
-            if c.acquisition is None:
-                raise NoImageryError(c.reason)
-        steps = [
-            read_acquisition(c.acquisition, profile, bands, grid, mask, resampling,
-                             qa=qa_cache[c.acquisition.key])
-            for c in choices
-            if c.acquisition is not None
-        ]
-    array = np.stack([s.data for s in steps])
-    return ChipRead(array, grid, bands, steps)
+    got = read_chips([grid], last_date, items, opts)[0]
+    if isinstance(got, Exception):
+        raise got
+    return got

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,25 @@ class GridSpec:
         """The grid's footprint as a lon/lat bbox (densified edges)."""
         return to_crs(box(*self.bounds).segmentize(self.resolution * densify), self.epsg,
                       4326).bounds
+
+    def part(self, row0: int, row1: int, col0: int, col1: int) -> GridSpec:
+        """The sub-grid of rows [row0, row1) and columns [col0, col1), on the same pixels."""
+        return GridSpec(self.epsg, self.transform * Affine.translation(col0, row0),
+                        col1 - col0, row1 - row0)
+
+    def offset_of(self, grid: GridSpec) -> tuple[int, int] | None:
+        """(row, col) of ``grid`` inside this grid when it lies on the same pixels, else None."""
+        rt, gt = self.transform, grid.transform
+        if self.epsg != grid.epsg or rt.a != gt.a or rt.e != gt.e:
+            return None
+        col = (gt.c - rt.c) / rt.a
+        row = (gt.f - rt.f) / rt.e
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            return None
+        r, c = round(row), round(col)
+        if r < 0 or c < 0 or r + grid.height > self.height or c + grid.width > self.width:
+            return None
+        return r, c
 
     def pixel_of(self, x: float, y: float) -> tuple[int, int]:
         """(row, col) of the pixel containing map coordinate (x, y)."""
@@ -146,3 +166,12 @@ def window_grid(
             windows.append(GridSpec(epsg, t, size, size))
     return out, windows
 
+
+def union_grid(grids: Sequence[GridSpec]) -> GridSpec:
+    """The smallest grid on the first grid's pixels that covers every one of ``grids``."""
+    b = [g.bounds for g in grids]
+    minx, miny = min(v[0] for v in b), min(v[1] for v in b)
+    maxx, maxy = max(v[2] for v in b), max(v[3] for v in b)
+    res = grids[0].resolution
+    return GridSpec(grids[0].epsg, Affine(res, 0, minx, 0, -res, maxy),
+                    int(round((maxx - minx) / res)), int(round((maxy - miny) / res)))
