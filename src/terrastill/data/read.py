@@ -11,11 +11,14 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import rasterio
+from affine import Affine
+from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.env import hasenv
 from rasterio.errors import RasterioError, RasterioIOError
@@ -55,11 +58,39 @@ def _holds(dtype: np.dtype, value: float) -> bool:
     return info.min <= value <= info.max
 
 
-def _overlaps(src: rasterio.DatasetReader, grid: GridSpec) -> bool:
-    """Whether ``grid``'s footprint (in the source CRS) touches the source raster."""
-    left, b, r, t = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=8)
-    sb = src.bounds
-    return left < sb.right and r > sb.left and b < sb.top and t > sb.bottom
+def _covered_part(src: rasterio.DatasetReader, grid: GridSpec, todo: np.ndarray | None,
+                  margin: int = 2) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) of the part of ``grid`` that the source raster can reach (its
+    bounds in the grid's CRS plus a few pixels), shrunk to the ``todo`` pixels in it; None
+    when nothing is left. Warping only that part gives the same pixels as warping the whole
+    grid, at a fraction of the cost."""
+    left, bottom, right, top = _bounds_in(src.crs.to_wkt(), tuple(src.bounds), grid.epsg)
+    inv = ~grid.transform
+    c0, r0 = inv * (left, top)
+    c1, r1 = inv * (right, bottom)
+    r0, c0 = max(0, math.floor(r0) - margin), max(0, math.floor(c0) - margin)
+    r1 = min(grid.height, math.ceil(r1) + margin)
+    c1 = min(grid.width, math.ceil(c1) + margin)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return _shrink(todo, r0, r1, c0, c1) if todo is not None else (r0, r1, c0, c1)
+
+
+@lru_cache(maxsize=4096)
+def _bounds_in(crs_wkt: str, bounds: tuple[float, float, float, float],
+               epsg: int) -> tuple[float, float, float, float]:
+    """A raster's bounds in another CRS (densified edges), once per raster and CRS."""
+    return transform_bounds(crs_wkt, f"EPSG:{epsg}", *bounds, densify_pts=21)
+
+
+def _shrink(todo: np.ndarray, r0: int, r1: int, c0: int,
+            c1: int) -> tuple[int, int, int, int] | None:
+    """The bounding box of the ``todo`` pixels inside rows [r0, r1) and columns [c0, c1)."""
+    part = todo[r0:r1, c0:c1]
+    rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+    if not rows.size:
+        return None
+    return r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
 
 
 def gdal_session() -> contextlib.AbstractContextManager:
@@ -98,17 +129,17 @@ _DATASETS = _OpenDatasets()
 
 
 def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float,
-               band: int = 1) -> np.ndarray:
+               band: int = 1, todo: np.ndarray | None = None) -> np.ndarray:
     try:
         with gdal_session():
-            return _read_open(_DATASETS.get(href), grid, resampling, fill, band)
+            return _read_open(_DATASETS.get(href), grid, resampling, fill, band, todo)
     except (RasterioError, OSError):
         _DATASETS.drop(href)  # a retry reopens it
         raise
 
 
 def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampling,
-               fill: float, band: int = 1) -> np.ndarray:
+               fill: float, band: int = 1, todo: np.ndarray | None = None) -> np.ndarray:
     dtype = np.dtype(src.dtypes[band - 1])
     if not _holds(dtype, fill):
         raise AssetReadError(f"{src.name}: data type {dtype} cannot hold nodata {fill} "
@@ -120,18 +151,85 @@ def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
         c0, r0 = max(0, win.col_off), max(0, win.row_off)
         c1 = min(src.width, win.col_off + win.width)
         r1 = min(src.height, win.row_off + win.height)
+        if c1 > c0 and r1 > r0 and todo is not None:
+            box_ = _shrink(todo, r0 - win.row_off, r1 - win.row_off, c0 - win.col_off,
+                           c1 - win.col_off)
+            if box_ is None:
+                return out
+            r0, r1 = box_[0] + win.row_off, box_[1] + win.row_off
+            c0, c1 = box_[2] + win.col_off, box_[3] + win.col_off
         if c1 > c0 and r1 > r0:
             part = src.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
             oc, orow = c0 - win.col_off, r0 - win.row_off
             out[orow:orow + part.shape[0], oc:oc + part.shape[1]] = part
         return out
-    if not _overlaps(src, grid):
+    part = _covered_part(src, grid, todo)
+    if part is None:
+        return out
+    r0, r1, c0, c1 = part
+    if resampling == Resampling.nearest:
+        _read_nearest(src, grid, band, fill, out, part)
         return out
     # tiny tolerance: exact per-pixel transforms, so nearest picks the true pixel
-    with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                   height=grid.height, resampling=resampling, nodata=fill, tolerance=1e-6,
+    sub = grid.part(r0, r1, c0, c1)
+    with WarpedVRT(src, crs=grid.crs, transform=sub.transform, width=sub.width,
+                   height=sub.height, resampling=resampling, nodata=fill,
+                   tolerance=1e-6,
                    src_nodata=src.nodata if src.nodata is not None else fill) as vrt:
-        return vrt.read(band, out_dtype=dtype)
+        out[r0:r1, c0:c1] = vrt.read(band, out_dtype=dtype)
+    return out
+
+
+def _read_nearest(src: rasterio.DatasetReader, grid: GridSpec, band: int, fill: float,
+                  out: np.ndarray, part: tuple[int, int, int, int]) -> None:
+    """Nearest-neighbour reprojection of ``part`` of ``grid`` into ``out``: each pixel takes
+    the source pixel containing its centre (exact transforms, as GDAL's warper with a zero
+    error threshold), through a pixel map computed once per source grid and reused for every
+    band and date sharing it."""
+    r0, r1, c0, c1 = part
+    full = _covered_part(src, grid, None)
+    assert full is not None
+    key = (src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
+    mr0, mc0, rows, cols = _pixel_map(key, grid, full)
+    rows = rows[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
+    cols = cols[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
+    inside = rows >= 0
+    if not inside.any():
+        return
+    sr, sc = rows[inside], cols[inside]
+    top, left = int(sr.min()), int(sc.min())
+    data = src.read(band, window=Window(left, top, int(sc.max()) - left + 1,
+                                        int(sr.max()) - top + 1))
+    values = data[sr - top, sc - left]
+    if src.nodata is not None:
+        nodata = np.isnan(values) if np.isnan(src.nodata) else values == src.nodata
+        values = np.where(nodata, np.asarray(fill, dtype=values.dtype), values)
+    out[r0:r1, c0:c1][inside] = values
+
+
+@lru_cache(maxsize=32)
+def _pixel_map(src_key: tuple, grid: GridSpec, part: tuple[int, int, int, int]
+               ) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(row0, col0, rows, cols): the source row and column holding the centre of each pixel of
+    ``part`` of ``grid`` (-1 where the source does not reach)."""
+    crs_wkt, transform, width, height = src_key
+    r0, r1, c0, c1 = part
+    cc, rr = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(r0, r1) + 0.5)
+    gt = grid.transform
+    xs, ys = gt.c + gt.a * cc + gt.b * rr, gt.f + gt.d * cc + gt.e * rr
+    x, y = _to_source(grid.epsg, crs_wkt).transform(xs, ys)
+    inv = ~Affine(*transform)
+    col = np.floor(inv.a * x + inv.b * y + inv.c)
+    row = np.floor(inv.d * x + inv.e * y + inv.f)
+    ok = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < width) & (row >= 0) \
+        & (row < height)
+    return (r0, c0, np.where(ok, row, -1).astype(np.int32),
+            np.where(ok, col, -1).astype(np.int32))
+
+
+@lru_cache(maxsize=16)
+def _to_source(epsg: int, crs_wkt: str) -> Transformer:
+    return Transformer.from_crs(f"EPSG:{epsg}", crs_wkt, always_xy=True)
 
 
 def read_asset(
@@ -141,61 +239,19 @@ def read_asset(
     resampling: Resampling = Resampling.nearest,
     policy: RetryPolicy | None = None,
     band: int = 1,
+    todo: np.ndarray | None = None,
 ) -> np.ndarray:
     """Read ``band`` of ``href`` onto ``grid``; pixels the asset does not cover get ``fill``.
+
+    With a ``todo`` mask (the pixels a mosaic still needs), only the bounding box of the
+    needed pixels the asset can reach is read; pixels outside it get ``fill`` too.
 
     Remote failures are retried with GDAL's cache of the asset cleared and the header checked
     (``terrastill.io_http``); a missing, corrupt or unreadable asset becomes an
     :class:`AssetReadError` naming it (``transient`` when it was only unreachable).
     """
-    region = _REGION.grid
-    if region is not None and (off := _offset_in(region, grid)) is not None:
-        key = (href, band, float(fill), int(resampling))
-        whole = _REGION.cache.get(key)
-        if whole is None:
-            whole = call_with_retries(
-                href, lambda: _read_once(href, region, resampling, fill, band), retry=policy)
-            _REGION.cache[key] = whole
-        r, c = off
-        return whole[r:r + grid.height, c:c + grid.width].copy()
-    return call_with_retries(href, lambda: _read_once(href, grid, resampling, fill, band),
-                             retry=policy)
-
-
-class _Region(threading.local):
-    grid: GridSpec | None = None
-    cache: dict = {}  # noqa: RUF012 - replaced per region
-
-
-_REGION = _Region()
-
-
-@contextlib.contextmanager
-def read_region(grid: GridSpec) -> Iterator[None]:
-    """Within this block, reads of grids lying on ``grid``'s pixels are cut from one read of
-    ``grid`` per asset (neighbouring prediction windows share their reads). The values are
-    those of a direct read: same pixel centres, same nearest-neighbour source pixels."""
-    prev = (_REGION.grid, _REGION.cache)
-    _REGION.grid, _REGION.cache = grid, {}
-    try:
-        yield
-    finally:
-        _REGION.grid, _REGION.cache = prev
-
-
-def _offset_in(region: GridSpec, grid: GridSpec) -> tuple[int, int] | None:
-    """(row, col) of ``grid`` inside ``region`` when it lies on the same pixels, else None."""
-    rt, gt = region.transform, grid.transform
-    if region.epsg != grid.epsg or rt.a != gt.a or rt.e != gt.e:
-        return None
-    col = (gt.c - rt.c) / rt.a
-    row = (gt.f - rt.f) / rt.e
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    r, c = round(row), round(col)
-    if r < 0 or c < 0 or r + grid.height > region.height or c + grid.width > region.width:
-        return None
-    return r, c
+    return call_with_retries(
+        href, lambda: _read_once(href, grid, resampling, fill, band, todo), retry=policy)
 
 
 def read_whole(href: str, policy: RetryPolicy | None = None, band: int = 1) -> np.ndarray:
@@ -285,14 +341,14 @@ def read_qa(acq: Acquisition, profile: SourceProfile, grid: GridSpec,
         for href, _props in _hrefs(acq, profile, first, grid.epsg):
             if covered.all():
                 break
-            dn = read_asset(href, grid, fill=_fill(profile))
+            dn = read_asset(href, grid, fill=_fill(profile), todo=~covered)
             covered |= _valid_dn(dn, profile)
         return ~covered, flagged
     qa_fill = profile.qa_nodata if profile.qa_nodata is not None else 0
     for href, _props in qa_items:
         if covered.all():
             break
-        qa = read_asset(href, grid, fill=qa_fill)
+        qa = read_asset(href, grid, fill=qa_fill, todo=~covered)
         here = (qa != qa_fill) & ~covered if profile.qa_nodata is not None else ~covered
         bad = profile.invalid_mask(qa, mask_classes)
         flagged |= here & bad
@@ -335,7 +391,8 @@ def read_acquisition(
         for href, props in _hrefs(acq, profile, band, grid.epsg):
             if filled.all():
                 break  # the items left could only fill pixels that are already filled
-            dn = read_asset(href, grid, fill=_fill(profile), resampling=resampling)
+            dn = read_asset(href, grid, fill=_fill(profile), resampling=resampling,
+                            todo=~filled)
             here = _valid_dn(dn, profile) & ~filled
             if here.any():
                 refl = profile.to_reflectance(dn, props)
