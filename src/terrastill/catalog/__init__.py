@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 from terrastill.catalog.base import Catalog, Search, pick_collections, sort_items
 from terrastill.catalog.local import LocalCatalog
 
@@ -12,6 +15,19 @@ def open_catalog(location: str, **options: object) -> Catalog:
         from terrastill.catalog.stac_api import StacApiCatalog
 
         return StacApiCatalog(location, **options)  # type: ignore[arg-type]
+    path = Path(location)
+    try:
+        st = path.stat()
+    except OSError:
+        return LocalCatalog(location)  # raises the clear not-found error
+    return _local(location, str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def _local(location: str, _resolved: str, _mtime_ns: int, _size: int) -> LocalCatalog:
+    """A parsed local catalogue, kept while the file is unchanged (a server or a benchmark
+    opens the same file for every job; parsing a large ItemCollection takes a second).
+    Searches return the cached items: callers read them (``to_dict``), never change them."""
     return LocalCatalog(location)
 
 

@@ -63,7 +63,9 @@ class LocalCatalog:
         items = []
         for i, d in enumerate(dicts):
             try:
-                items.append(_absolute_hrefs(pystac.Item.from_dict(d), root))
+                # the dicts are ours (just parsed): no defensive deep copy
+                items.append(_absolute_hrefs(pystac.Item.from_dict(d, preserve_dict=False),
+                                             root))
             except Exception as exc:  # pystac raises many types for malformed items
                 raise BadInputError(f"{self.path}: feature {i} is not a STAC item ({exc})") from exc
         return sort_items(items)

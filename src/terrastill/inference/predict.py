@@ -7,7 +7,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,13 +22,11 @@ from shapely.geometry.base import BaseGeometry
 from terrastill import __version__
 from terrastill.atomic import atomic_path, write_text_atomic
 from terrastill.catalog import Search, open_catalog
-from terrastill.data.chips import ReadOptions, items_over, read_chip
-from terrastill.data.grid import GridSpec, window_grid
+from terrastill.data.chips import ReadOptions, items_over, read_chips
+from terrastill.data.grid import GridSpec, union_grid, window_grid
 from terrastill.data.plan import catalog_collections
-from terrastill.data.read import read_region
 from terrastill.data.temporal import TemporalOptions, group_acquisitions
 from terrastill.errors import (
-    AssetReadError,
     BadInputError,
     NoImageryError,
     OutputError,
@@ -64,6 +64,8 @@ class PredictRequest:
     precision: str = "auto"
     device: str = "auto"
     batch_size: int = 8
+    block_windows: int = 64  # neighbouring windows read together (their reads are shared)
+    read_ahead: int = 1  # blocks read in a thread while the model runs (0: no thread)
     write_probabilities: bool = False
     workers: int = 0
     scheduler: str | None = None
@@ -95,6 +97,8 @@ class WindowOutput:
     reason: str = ""
     read_s: float = 0.0
     infer_s: float = 0.0
+    tensor: Any = None  # the normalised model input, until the model has run
+    coords: Any = None  # (temporal, location) encodings for models that take them
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -185,53 +189,78 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
     return y.cpu().numpy()
 
 
-def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
-                  items: Sequence[dict], read: ReadOptions, bf16: bool,
-                  device: str = "cpu") -> list[WindowOutput]:
-    """Read and run the model on a batch of windows. Pure: runs the same on a Dask worker."""
+def read_windows(grids: Sequence[GridSpec], date: dt.date, items: Sequence[dict],
+                 read: ReadOptions, spec: dict) -> list[WindowOutput]:
+    """Read and normalise a block of windows along one row, sharing their reads
+    (:func:`~terrastill.data.chips.read_chips`); windows without imagery carry the reason."""
     from terrastill.data.normalize import normalize_chip
 
-    loaded = _load(model_path, device)
-    card = loaded.card
-    spec = card.input_spec
-    outs: list[WindowOutput | None] = []
-    tensors, idx, coords = [], [], []
-    # neighbouring windows of a batch share one read per asset
-    with read_region(_union_grid(grids)):
-        for g in grids:
-            t0 = time.perf_counter()
-            try:
-                chip = read_chip(g, date, items_over(items, g), read)
-            except (NoImageryError, AssetReadError) as exc:
-                if isinstance(exc, AssetReadError) and exc.transient:
-                    raise
-                outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(exc),
-                                         time.perf_counter() - t0))
-                continue
-            x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
-            rgb = None
-            if all(b in chip.bands for b in ("red", "green", "blue")):
-                rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
-            ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
-            outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
-                                     read_s=time.perf_counter() - t0))
-            tensors.append(x)
-            coords.append(window_coords(chip))
-            idx.append(len(outs) - 1)
-    if tensors:
+    t0 = time.perf_counter()
+    chips = read_chips(grids, date, items, read)
+    outs = []
+    for chip in chips:
+        if isinstance(chip, Exception):
+            outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(chip)))
+            continue
+        x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
+        rgb = None
+        if all(b in chip.bands for b in ("red", "green", "blue")):
+            rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
+        ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
+        outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
+                                 tensor=x, coords=window_coords(chip)))
+    per = (time.perf_counter() - t0) / max(1, len(outs))
+    for o in outs:
+        o.read_s = per
+    return outs
+
+
+def infer_read(loaded: Any, outs: list[WindowOutput], bf16: bool, batch_size: int) -> None:
+    """Run the model on the windows of a block that were read, ``batch_size`` at a time."""
+    todo = [o for o in outs if o.tensor is not None]
+    for i in range(0, len(todo), batch_size):
+        part = todo[i:i + batch_size]
         t0 = time.perf_counter()
-        y = run_model(loaded, tensors, bf16, coords)
-        dt_inf = (time.perf_counter() - t0) / len(tensors)
-        for j, k in enumerate(idx):
-            o = outs[k]
-            assert o is not None
-            o.values, o.infer_s = y[j], dt_inf
-    return [o for o in outs if o is not None]
+        y = run_model(loaded, [o.tensor for o in part], bf16, [o.coords for o in part])
+        per = (time.perf_counter() - t0) / len(part)
+        for o, v in zip(part, y, strict=True):
+            o.values, o.infer_s, o.tensor = v, per, None
 
 
-def _batches(seq: Sequence[GridSpec], n: int) -> Iterator[list[GridSpec]]:
-    for i in range(0, len(seq), n):
-        yield list(seq[i:i + n])
+def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
+                  items: Sequence[dict], read: ReadOptions, bf16: bool,
+                  device: str = "cpu", batch_size: int = 8) -> list[WindowOutput]:
+    """Read and run the model on a block of windows. Pure: runs the same on a Dask worker."""
+    loaded = _load(model_path, device)
+    outs = read_windows(grids, date, items, read, loaded.card.input_spec)
+    infer_read(loaded, outs, bf16, batch_size)
+    return outs
+
+
+def _blocks(windows: Sequence[GridSpec], n: int) -> Iterator[list[GridSpec]]:
+    """Blocks of at most ``n`` neighbouring windows, which share their reads: whole window
+    rows while they fit, else pieces of one row. Windows keep their row-major order."""
+    rows: list[list[GridSpec]] = []
+    for g in windows:
+        if rows and rows[-1][0].transform.f == g.transform.f:
+            rows[-1].append(g)
+        else:
+            rows.append([g])
+    block: list[GridSpec] = []
+    for row in rows:
+        if len(row) > n:
+            if block:
+                yield block
+                block = []
+            for i in range(0, len(row), n):
+                yield row[i:i + n]
+            continue
+        if len(block) + len(row) > n:
+            yield block
+            block = []
+        block += row
+    if block:
+        yield block
 
 
 def _nearest_dates(cat: Any, collections: tuple[str, ...], bbox: tuple, date: dt.date,
@@ -411,9 +440,10 @@ def predict(request: PredictRequest,
             for epsg, _piece, grid, windows, items in zones:
                 zone = _Zone(req, epsg, grid, channels, card.task, size, with_rgb)
                 opened.append(zone)
-                batches = list(_batches(windows, req.batch_size))
-                for grids, outs in _run_batches(client, batches, model_path, req.date, items,
-                                                read, bf16, device):
+                blocks = list(_blocks(windows, max(req.batch_size, req.block_windows)))
+                for grids, outs in _run_blocks(client, blocks, model_path, req.date, items,
+                                               read, bf16, device, req.batch_size,
+                                               req.read_ahead):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("prediction cancelled")
                     t0 = time.perf_counter()
@@ -472,36 +502,54 @@ def predict(request: PredictRequest,
     return result
 
 
-def _run_batches(client: Any, batches: list[list[GridSpec]], model_path: str, date: dt.date,
-                 items: list[dict], read: ReadOptions,
-                 bf16: bool, device: str) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
-    """Yield (grids, outputs) batch by batch, in order; on Dask with a bounded queue."""
+def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date: dt.date,
+                items: list[dict], read: ReadOptions, bf16: bool, device: str,
+                batch_size: int,
+                read_ahead: int = 1) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+    """Yield (grids, outputs) block by block, in order. Locally the next blocks are read in a
+    thread while the model runs on this one; on Dask, blocks run on the workers with a bounded
+    queue. Either way only a few blocks are in memory at once."""
+    ahead: deque[tuple[list[GridSpec], Any]] = deque()
     if client is None:
-        for grids in batches:
-            sub = items_over(items, _union_grid(grids))
-            yield grids, infer_windows(model_path, grids, date, sub, read, bf16, device)
+        loaded = _load(model_path, device)
+        spec = loaded.card.input_spec
+        if read_ahead <= 0:
+            for grids in blocks:
+                sub = items_over(items, union_grid(grids))
+                outs = read_windows(grids, date, sub, read, spec)
+                infer_read(loaded, outs, bf16, batch_size)
+                yield grids, outs
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="terrastill-read") as pool:
+            try:
+                for grids in blocks:
+                    sub = items_over(items, union_grid(grids))
+                    ahead.append((grids, pool.submit(read_windows, grids, date, sub, read,
+                                                     spec)))
+                    if len(ahead) > read_ahead:
+                        yield _infer_next(ahead, loaded, bf16, batch_size)
+                while ahead:
+                    yield _infer_next(ahead, loaded, bf16, batch_size)
+            finally:
+                for _g, f in ahead:
+                    f.cancel()
         return
-    ahead = max(2, 2 * len(client.scheduler_info().get("workers", {})))
-    futures: list[Any] = []
-    for grids in batches:
-        sub = items_over(items, _union_grid(grids))  # only the items this batch can touch
-        futures.append((grids, client.submit(infer_windows, model_path, grids, date, sub,
-                                             read, bf16, device, pure=False)))
-        if len(futures) >= ahead:
-            g, f = futures.pop(0)
+    limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+    for grids in blocks:
+        sub = items_over(items, union_grid(grids))  # only the items this block can touch
+        ahead.append((grids, client.submit(infer_windows, model_path, grids, date, sub,
+                                           read, bf16, device, batch_size, pure=False)))
+        if len(ahead) >= limit:
+            g, f = ahead.popleft()
             yield g, f.result()
-    for g, f in futures:
+    while ahead:
+        g, f = ahead.popleft()
         yield g, f.result()
 
 
-def _union_grid(grids: Sequence[GridSpec]) -> GridSpec:
-    """A grid covering several windows (for filtering items once per batch)."""
-    b = [g.bounds for g in grids]
-    minx, miny = min(v[0] for v in b), min(v[1] for v in b)
-    maxx, maxy = max(v[2] for v in b), max(v[3] for v in b)
-    res = grids[0].resolution
-    from affine import Affine
-
-    return GridSpec(grids[0].epsg, Affine(res, 0, minx, 0, -res, maxy),
-                    int(round((maxx - minx) / res)), int(round((maxy - miny) / res)))
-
+def _infer_next(ahead: deque, loaded: Any, bf16: bool,
+                batch_size: int) -> tuple[list[GridSpec], list[WindowOutput]]:
+    grids, future = ahead.popleft()
+    outs = future.result()
+    infer_read(loaded, outs, bf16, batch_size)
+    return grids, outs
