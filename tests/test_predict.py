@@ -162,6 +162,10 @@ BAD = {
                        "--precision", "fp8"], "--precision"),
     "bad overlap": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2024-06-26",
                      "--overlap", "1.5"], "--overlap"),
+    "bad block size": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2024-06-26",
+                        "--block-windows", "0"], "--block-windows"),
+    "bad read-ahead": (["--bbox", "11.97", "45.29", "12.0", "45.3", "--date", "2024-06-26",
+                        "--read-ahead", "-1"], "--read-ahead"),
     "aoi file missing": (["--aoi", "/nonexistent/aoi.geojson", "--date", "2024-06-26"],
                          "AOI file not found"),
 }
@@ -242,6 +246,26 @@ def test_bf16_precision_runs_and_stays_close(flood_model, small_world, tmp_path)
         with rasterio.open(res.classes[0]) as src:
             runs[precision] = src.read(1)
     assert (runs["fp32"] == runs["bf16"]).mean() > 0.97
+
+
+@pytest.mark.parametrize("block, ahead", [(1, 0), (7, 2)])
+def test_shared_block_reads_give_the_same_product(product, flood_model, small_world, tmp_path,
+                                                  block, ahead):
+    """Windows read one by one (block 1, the plain chip path) or in odd-sized blocks by a
+    read-ahead thread give exactly the product of the default blocks."""
+    req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
+                         date=after_flood(small_world), out_dir=tmp_path,
+                         catalog=small_world["catalog"], overlap=0.5,
+                         write_probabilities=True, block_windows=block, read_ahead=ahead)
+    res = predict(req)
+    side = json.loads(res.sidecar.read_text())
+    assert side["parameters"]["block_windows"] == block
+    assert side["parameters"]["read_ahead"] == ahead
+    assert side["skipped_windows"] == json.loads(product.sidecar.read_text())["skipped_windows"]
+    for a, b in zip(sorted(res.classes + res.probabilities),
+                    sorted(product.classes + product.probabilities), strict=True):
+        with rasterio.open(a) as x, rasterio.open(b) as y:
+            np.testing.assert_array_equal(x.read(), y.read())
 
 
 @pytest.mark.slow

@@ -25,6 +25,11 @@ def predict(
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction."),
     precision: str = typer.Option("auto", "--precision", help="fp32, bf16 or auto."),
     batch_size: int = typer.Option(8, "--batch-size"),
+    block_windows: int = typer.Option(
+        256, "--block-windows", help="Neighbouring windows read together (shared reads)."),
+    read_ahead: int | None = typer.Option(
+        None, "--read-ahead",
+        help="Blocks read in a thread while the model runs (default: 1 on GPU, 0 on CPU)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     probabilities: bool = typer.Option(False, "--probabilities",
                                        help="Also write per-class probabilities (percent)."),
@@ -100,6 +105,7 @@ def predict(
     req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
                          max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
                          precision=precision, device=device, batch_size=batch_size,
+                         block_windows=block_windows, read_ahead=read_ahead,
                          write_probabilities=probabilities, workers=workers,
                          scheduler=scheduler, max_area_km2=max_area, name=name)
     with progress_bar("windows", console) as bar:

@@ -64,8 +64,10 @@ class PredictRequest:
     precision: str = "auto"
     device: str = "auto"
     batch_size: int = 8
-    block_windows: int = 64  # neighbouring windows read together (their reads are shared)
-    read_ahead: int = 1  # blocks read in a thread while the model runs (0: no thread)
+    block_windows: int = 256  # neighbouring windows read together (they share reads)
+    # blocks read in a thread while the model runs; None: 1 on a GPU, 0 on the CPU, where
+    # the model already keeps every core busy and a reader thread only competes with it
+    read_ahead: int | None = None
     write_probabilities: bool = False
     workers: int = 0
     scheduler: str | None = None
@@ -381,6 +383,11 @@ def predict(request: PredictRequest,
         raise BadInputError(f"{req.model}: model file not found")
     if not 0 <= req.overlap < 1:
         raise BadInputError(f"--overlap {req.overlap}: expected a fraction in [0, 1)")
+    if req.batch_size < 1 or req.block_windows < 1:
+        raise BadInputError(f"--batch-size {req.batch_size} / --block-windows "
+                            f"{req.block_windows}: expected positive whole numbers")
+    if req.read_ahead is not None and req.read_ahead < 0:
+        raise BadInputError(f"--read-ahead {req.read_ahead}: expected 0 or more blocks")
     aois = validate_aois(req.aois, req.max_area_km2)
     device = resolve_device(req.device)
     loaded = _load(str(Path(req.model).resolve()), device)
@@ -396,6 +403,8 @@ def predict(request: PredictRequest,
     except BadInputError as exc:
         raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
     bf16 = use_bf16(req.precision, card, device)
+    read_ahead = req.read_ahead if req.read_ahead is not None else \
+        int(device.startswith("cuda"))
     _check_output(req.out_dir)
     for stale in req.out_dir.glob(f".tmp-{req.name}_*"):  # left by a killed run
         stale.unlink(missing_ok=True)
@@ -443,7 +452,7 @@ def predict(request: PredictRequest,
                 blocks = list(_blocks(windows, max(req.batch_size, req.block_windows)))
                 for grids, outs in _run_blocks(client, blocks, model_path, req.date, items,
                                                read, bf16, device, req.batch_size,
-                                               req.read_ahead):
+                                               read_ahead):
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("prediction cancelled")
                     t0 = time.perf_counter()
@@ -487,7 +496,8 @@ def predict(request: PredictRequest,
         "zones": [{"epsg": z[0], "grid": z[2].to_dict(), "windows": len(z[3])} for z in zones],
         "parameters": {"overlap": req.overlap, "precision": "bf16" if bf16 else "fp32",
                        "device": device,
-                       "batch_size": req.batch_size, **read.to_dict()},
+                       "batch_size": req.batch_size, "block_windows": req.block_windows,
+                       "read_ahead": read_ahead, **read.to_dict()},
         "items": sorted(used_items),
         "acquisition_dates": sorted({a.date for z in zones for a in group_acquisitions(
             [it for it in z[4] if it["id"] in used_items])}),
