@@ -30,7 +30,10 @@ def test_bench_chips_reports_rates_and_ratios(small_world):
 @pytest.mark.slow
 def test_bench_predict_reports_the_split_and_memory(small_world, flood_model):
     res = load("bench_predict").run(Path(small_world["root"]), [flood_model], seconds=0.5)
-    [row] = res["rows"]
+    across, one = res["rows"]
+    assert (across["aoi"], one["aoi"]) == ("across zones", "one zone")
+    assert one["windows"] > 0 and one["e2e_over_model_only"] > 0
+    row = across
     assert row["windows"] > 0 and row["model_only_img_per_s"] > 0
     assert row["total_s"] >= row["inference_s"] > 0
     small, large = row["pixels_small_vs_4x"]
