@@ -19,7 +19,8 @@ def calibrate_precision(model_path: str | Path, chips_dir: str | Path, split: st
 
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
     from terrastill.models.modelfile import load_model_file, save_model_file
-    from terrastill.training.train import evaluate_model, uses_coords
+    from terrastill.models.registry import uses_coords
+    from terrastill.training.train import evaluate_model
 
     loaded = load_model_file(model_path)
     card = loaded.card

@@ -173,7 +173,7 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
     device = next(loaded.model.parameters()).device
     batch = torch.stack(list(tensors)).to(device)
     kw = {}
-    from terrastill.training.train import uses_coords
+    from terrastill.models.registry import uses_coords
 
     if coords is not None and uses_coords(loaded.card.arch):
         kw = {"temporal_coords": torch.tensor([c[0] for c in coords], dtype=torch.float32,

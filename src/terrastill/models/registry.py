@@ -139,3 +139,8 @@ def make_arch(
 def build_model(arch: dict[str, Any]) -> TerraModel:
     """A freshly initialised model from an ``arch`` dict (as stored in a model card)."""
     return TerraModel(arch)
+
+
+def uses_coords(arch: dict[str, Any]) -> bool:
+    """Whether a model built from ``arch`` takes temporal and location encodings (TL)."""
+    return bool(arch["encoder"].get("coords_encoding"))

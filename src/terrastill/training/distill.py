@@ -336,8 +336,9 @@ def _load_context(teacher_path: str | os.PathLike[str], chips_dir: str | os.Path
                   opt: DistillOptions) -> _Context:
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
     from terrastill.models.modelfile import check_input_spec, load_model_file
+    from terrastill.models.registry import uses_coords
     from terrastill.training.augment import FlipRotate
-    from terrastill.training.train import resolve_device, resolve_precision, uses_coords
+    from terrastill.training.train import resolve_device, resolve_precision
 
     loaded = load_model_file(teacher_path)
     card = loaded.card

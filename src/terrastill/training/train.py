@@ -37,7 +37,7 @@ from terrastill.models.modelfile import (
     load_model_file,
     save_model_file,
 )
-from terrastill.models.registry import make_arch
+from terrastill.models.registry import make_arch, uses_coords
 from terrastill.training.metrics import MONITOR, majority_baseline, make_metrics
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,6 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _collate = collate_items  # old name
-
-
-def uses_coords(arch: dict[str, Any]) -> bool:
-    return bool(arch["encoder"].get("coords_encoding"))
 
 
 def input_spec_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
