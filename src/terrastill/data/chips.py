@@ -118,6 +118,7 @@ class _SharedReads:
         self.mask, self.resampling = opts.resolved_mask(), Resampling[opts.resampling]
         self._qa: dict[str, tuple[np.ndarray, np.ndarray] | AssetReadError] = {}
         self._steps: dict[str, StepRead | AssetReadError] = {}
+        self.need: dict[str, np.ndarray] = {}  # per acquisition, the windows that chose it
 
     def qa(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._qa:
@@ -135,7 +136,7 @@ class _SharedReads:
             try:
                 self._steps[key] = read_acquisition(
                     self.acqs[key], self.profile, self.bands, self.region, self.mask,
-                    self.resampling, qa=self.qa(key))
+                    self.resampling, qa=self.qa(key), need=self.need.get(key))
             except AssetReadError as exc:
                 self._steps[key] = exc
         got = self._steps[key]
@@ -179,13 +180,16 @@ def read_chips(
                                         tuple(its[i] for i in sorted(its)))
     shared = _SharedReads(region, opts, merged)
     title = opts.profile.name.upper()
-    out: list[ChipRead | NoImageryError | AssetReadError] = []
+    picked: list[list[Acquisition] | NoImageryError | AssetReadError] = []
+    cuts = []
     with gdal_session():
+        # 1. every window chooses its acquisitions on its own pixels (QA only)
         for grid, acqs in zip(grids, window_acqs, strict=True):
             off = region.offset_of(grid)
             if off is None:
                 raise ValueError(f"window {grid} does not lie on the pixels of {region}")
             cut = np.s_[off[0]:off[0] + grid.height, off[1]:off[1] + grid.width]
+            cuts.append(cut)
 
             def invalid_fraction(acq: Acquisition, cut: tuple = cut) -> float:
                 return float(shared.qa(acq.key)[0][cut].mean())
@@ -195,10 +199,27 @@ def read_chips(
                 for c in choices:
                     if c.acquisition is None:
                         raise NoImageryError(c.reason)
-                steps = [_cut_step(shared, c.acquisition, cut) for c in choices
-                         if c.acquisition is not None]
             except (NoImageryError, AssetReadError) as exc:
                 if isinstance(exc, AssetReadError) and exc.transient:
+                    raise
+                picked.append(exc)
+                continue
+            chosen = [c.acquisition for c in choices if c.acquisition is not None]
+            picked.append(chosen)
+            for a in chosen:  # bands are read only where some window uses them
+                if a.key not in shared.need:
+                    shared.need[a.key] = np.zeros((region.height, region.width), bool)
+                shared.need[a.key][cut] = True
+        # 2. the chosen acquisitions' bands, read once and cut per window
+        out: list[ChipRead | NoImageryError | AssetReadError] = []
+        for grid, cut, got in zip(grids, cuts, picked, strict=True):
+            if not isinstance(got, list):
+                out.append(got)
+                continue
+            try:
+                steps = [_cut_step(shared, a, cut) for a in got]
+            except AssetReadError as exc:
+                if exc.transient:
                     raise
                 out.append(exc)
                 continue

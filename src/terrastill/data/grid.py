@@ -57,8 +57,7 @@ class GridSpec:
 
     def lonlat_bounds(self, densify: int = 8) -> tuple[float, float, float, float]:
         """The grid's footprint as a lon/lat bbox (densified edges)."""
-        return to_crs(box(*self.bounds).segmentize(self.resolution * densify), self.epsg,
-                      4326).bounds
+        return _lonlat_bounds(self, densify)
 
     def part(self, row0: int, row1: int, col0: int, col1: int) -> GridSpec:
         """The sub-grid of rows [row0, row1) and columns [col0, col1), on the same pixels."""
@@ -175,3 +174,10 @@ def union_grid(grids: Sequence[GridSpec]) -> GridSpec:
     res = grids[0].resolution
     return GridSpec(grids[0].epsg, Affine(res, 0, minx, 0, -res, maxy),
                     int(round((maxx - minx) / res)), int(round((maxy - miny) / res)))
+
+
+@lru_cache(maxsize=8192)
+def _lonlat_bounds(grid: GridSpec, densify: int) -> tuple[float, float, float, float]:
+    """Cached: prediction asks for each window's footprint more than once."""
+    return to_crs(box(*grid.bounds).segmentize(grid.resolution * densify), grid.epsg,
+                  4326).bounds

@@ -375,18 +375,23 @@ def read_acquisition(
     mask_classes: Sequence[str],
     resampling: Resampling = Resampling.nearest,
     qa: tuple[np.ndarray, np.ndarray] | None = None,
+    need: np.ndarray | None = None,
 ) -> StepRead:
     """Read ``bands`` of one acquisition onto ``grid`` as masked float32 reflectance.
 
     A pixel is NaN in every band when QA masks it, no item covers it, or any band is nodata
     there, so a pixel is either fully valid or fully missing. ``qa`` passes masks already
-    computed by :func:`read_qa` (the acquisition choice reads them first).
+    computed by :func:`read_qa` (the acquisition choice reads them first). With ``need``,
+    only those pixels are read (the others are NaN); masked pixels are never read.
     """
     invalid, cloud = qa if qa is not None else read_qa(acq, profile, grid, mask_classes)
+    if need is not None:
+        invalid = invalid | ~need
     out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
     hrefs: dict[str, list[str]] = {}
+    skip = invalid.copy()  # NaN in the end whatever the bands hold
     for b, band in enumerate(bands):
-        filled = np.zeros((grid.height, grid.width), dtype=bool)
+        filled = skip.copy()
         hrefs[band] = []
         for href, props in _hrefs(acq, profile, band, grid.epsg):
             if filled.all():
