@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import shapely
@@ -104,7 +105,8 @@ def items_over(items: Sequence[dict], grid: GridSpec) -> list[dict]:
 
 
 class _SharedReads:
-    """Each acquisition's QA masks and masked reflectance over one region, read once.
+    """Each acquisition's QA masks and masked reflectance over one region, read once (the
+    bands only where ``need`` says some window chose the acquisition).
 
     An acquisition here mosaics every item that touches any of the region's windows; a
     window's own items are a subset and the others hold no pixel of it, so a window's cut
@@ -121,28 +123,26 @@ class _SharedReads:
         self.need: dict[str, np.ndarray] = {}  # per acquisition, the windows that chose it
 
     def qa(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        if key not in self._qa:
-            try:
-                self._qa[key] = read_qa(self.acqs[key], self.profile, self.region, self.mask)
-            except AssetReadError as exc:
-                self._qa[key] = exc
-        got = self._qa[key]
-        if isinstance(got, AssetReadError):
-            raise got
-        return got
+        return _once(self._qa, key, lambda: read_qa(self.acqs[key], self.profile,
+                                                    self.region, self.mask))
 
     def step(self, key: str) -> StepRead:
-        if key not in self._steps:
-            try:
-                self._steps[key] = read_acquisition(
-                    self.acqs[key], self.profile, self.bands, self.region, self.mask,
-                    self.resampling, qa=self.qa(key), need=self.need.get(key))
-            except AssetReadError as exc:
-                self._steps[key] = exc
-        got = self._steps[key]
-        if isinstance(got, AssetReadError):
-            raise got
-        return got
+        return _once(self._steps, key, lambda: read_acquisition(
+            self.acqs[key], self.profile, self.bands, self.region, self.mask,
+            self.resampling, qa=self.qa(key), need=self.need.get(key)))
+
+
+def _once(store: dict, key: str, read: Callable[[], Any]) -> Any:
+    """``read()`` once per key; a failed read is kept and raised again without re-reading."""
+    if key not in store:
+        try:
+            store[key] = read()
+        except AssetReadError as exc:
+            store[key] = exc
+    got = store[key]
+    if isinstance(got, AssetReadError):
+        raise got
+    return got
 
 
 def read_chips(

@@ -193,7 +193,7 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
 
 def read_windows(grids: Sequence[GridSpec], date: dt.date, items: Sequence[dict],
                  read: ReadOptions, spec: dict) -> list[WindowOutput]:
-    """Read and normalise a block of windows along one row, sharing their reads
+    """Read and normalise a block of neighbouring windows, sharing their reads
     (:func:`~terrastill.data.chips.read_chips`); windows without imagery carry the reason."""
     from terrastill.data.normalize import normalize_chip
 
