@@ -516,20 +516,19 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
                 items: list[dict], read: ReadOptions, bf16: bool, device: str,
                 batch_size: int,
                 read_ahead: int = 1) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
-    """Yield (grids, outputs) block by block, in order. Locally the next blocks are read in a
-    thread while the model runs on this one; on Dask, blocks run on the workers with a bounded
-    queue. Either way only a few blocks are in memory at once."""
+    """Yield (grids, outputs) block by block, in order. Locally, with ``read_ahead`` > 0,
+    the next blocks are read in a thread while the model runs on this one; on Dask, blocks run
+    on the workers with a bounded queue. Either way only a few blocks are in memory at once."""
     ahead: deque[tuple[list[GridSpec], Any]] = deque()
+    if client is None and read_ahead <= 0:
+        for grids in blocks:
+            sub = items_over(items, union_grid(grids))
+            yield grids, infer_windows(model_path, grids, date, sub, read, bf16, device,
+                                       batch_size)
+        return
     if client is None:
         loaded = _load(model_path, device)
         spec = loaded.card.input_spec
-        if read_ahead <= 0:
-            for grids in blocks:
-                sub = items_over(items, union_grid(grids))
-                outs = read_windows(grids, date, sub, read, spec)
-                infer_read(loaded, outs, bf16, batch_size)
-                yield grids, outs
-            return
         with ThreadPoolExecutor(1, thread_name_prefix="terrastill-read") as pool:
             try:
                 for grids in blocks:
