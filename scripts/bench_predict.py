@@ -8,9 +8,10 @@ prediction over a small AOI and over one with 4× its area (each in a fresh proc
 
 Each model first predicts over a small corner of the world (untimed: start-up such as
 loading torch kernels and parsing the catalogue is not throughput). Two AOIs are timed: the
-centre of the world, which straddles the UTM 32/33 boundary (a third of its pixels are
-reprojected from the other zone), and the same area within zone 32. End-to-end windows/s
-counts predicted windows; the reads of windows skipped as too cloudy count against it.
+centre of the world, which straddles a UTM zone boundary (pixels near it are reprojected
+from the other zone's tiles), and an area as wide just west of the boundary, in one zone.
+End-to-end windows/s counts predicted windows; the reads of windows skipped as too cloudy
+count against it.
 
     python scripts/bench_predict.py --world demo-out/world \
         demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
