@@ -189,3 +189,18 @@ def test_shared_reads_equal_direct_reads(small_world):
         assert isinstance(shared[-1], NoImageryError)
     # the comparison met windows too cloudy to use and windows chosen despite some cloud
     assert compared >= 50 and rejected >= 1 and partial >= 1
+
+
+def test_window_shares_from_summed_area_equal_the_mean():
+    """A window's share of a mask from the summed-area table is the very float
+    ``mask[window].mean()`` gives, at edges, corners and for the whole mask."""
+    from terrastill.data.chips import summed_area, window_share
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((37, 53)) < 0.3
+    table = summed_area(mask)
+    cuts = [np.s_[0:37, 0:53], np.s_[0:16, 0:16], np.s_[21:37, 37:53], np.s_[5:6, 9:10]]
+    cuts += [np.s_[r:r + 16, c:c + 16] for r in range(0, 22, 3) for c in range(0, 38, 5)]
+    for cut in cuts:
+        assert window_share(table, cut) == mask[cut].mean()
+    assert window_share(summed_area(np.ones((4, 4), bool)), np.s_[1:3, 1:4]) == 1.0

@@ -111,7 +111,8 @@ class _SharedReads:
     An acquisition here mosaics every item that touches any of the region's windows; a
     window's own items are a subset and the others hold no pixel of it, so a window's cut
     equals the mosaic of its own items. A failed read is kept and raised again for every
-    window that needs it, without reading it again.
+    window that needs it, without reading it again. A window's masked, cloudy and missing
+    shares come from summed-area tables of the region's masks, built once per acquisition.
     """
 
     def __init__(self, region: GridSpec, opts: ReadOptions, acqs: dict[str, Acquisition]):
@@ -120,6 +121,7 @@ class _SharedReads:
         self.mask, self.resampling = opts.resolved_mask(), Resampling[opts.resampling]
         self._qa: dict[str, tuple[np.ndarray, np.ndarray] | AssetReadError] = {}
         self._steps: dict[str, StepRead | AssetReadError] = {}
+        self._tables: dict[tuple[str, str], np.ndarray] = {}
         self.need: dict[str, np.ndarray] = {}  # per acquisition, the windows that chose it
 
     def qa(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +132,34 @@ class _SharedReads:
         return _once(self._steps, key, lambda: read_acquisition(
             self.acqs[key], self.profile, self.bands, self.region, self.mask,
             self.resampling, qa=self.qa(key), need=self.need.get(key)))
+
+    def share(self, key: str, what: str, cut: tuple[slice, slice]) -> float:
+        """The share of ``cut`` that acquisition ``key`` leaves ``invalid`` (QA: masked or
+        not covered), ``cloud`` (QA: a masked class) or ``missing`` (NaN once read)."""
+        table = self._tables.get((key, what))
+        if table is None:
+            mask = {"invalid": lambda: self.qa(key)[0], "cloud": lambda: self.qa(key)[1],
+                    "missing": lambda: np.isnan(self.step(key).data[0])}[what]()
+            table = self._tables[(key, what)] = summed_area(mask)
+        return window_share(table, cut)
+
+
+def summed_area(mask: np.ndarray) -> np.ndarray:
+    """The summed-area table of a 2-D boolean mask: ``t[r, c]`` counts its true pixels in
+    rows < r and columns < c, so any rectangle's count takes four lookups."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    return table
+
+
+def window_share(table: np.ndarray, cut: tuple[slice, slice]) -> float:
+    """``mask[cut].mean()`` from ``mask``'s summed-area table (the same float: an exact
+    count divided by the pixel count)."""
+    rows, cols = cut
+    n = (rows.stop - rows.start) * (cols.stop - cols.start)
+    count = (table[rows.stop, cols.stop] - table[rows.start, cols.stop]
+             - table[rows.stop, cols.start] + table[rows.start, cols.start])
+    return float(count) / n
 
 
 def _once(store: dict, key: str, read: Callable[[], Any]) -> Any:
@@ -192,7 +222,7 @@ def read_chips(
             cuts.append(cut)
 
             def invalid_fraction(acq: Acquisition, cut: tuple = cut) -> float:
-                return float(shared.qa(acq.key)[0][cut].mean())
+                return shared.share(acq.key, "invalid", cut)
 
             try:
                 choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction, title)
@@ -232,9 +262,8 @@ def _cut_step(shared: _SharedReads, acq: Acquisition, cut: tuple) -> StepRead:
     whole = shared.step(acq.key)
     data = np.ascontiguousarray(whole.data[(slice(None), *cut)])
     # a pixel is either valid in every band or NaN in every band (see read_acquisition)
-    invalid = float(np.isnan(data[0]).mean())
-    cloud = float(shared.qa(acq.key)[1][cut].mean())
-    return StepRead(data, invalid, cloud, acq, whole.hrefs)
+    return StepRead(data, shared.share(acq.key, "missing", cut),
+                    shared.share(acq.key, "cloud", cut), acq, whole.hrefs)
 
 
 def read_chip(
