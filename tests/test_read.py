@@ -78,3 +78,29 @@ def test_reading_only_needed_pixels_keeps_their_values(small_world, shape):
         np.testing.assert_array_equal(part[todo], whole[todo])
     nothing = read_asset(same_zone[0], grid, fill=0, todo=np.zeros_like(todo))
     assert not nothing.any()
+
+
+def test_part_reads_are_the_whole_read_inside_their_box(small_world):
+    """``read_asset_part`` returns the box of the grid the asset reaches (aligned and
+    reprojected sources): inside it the whole-grid read's values, outside it only fill."""
+    from terrastill.data.read import read_asset_part
+
+    grid = _grid_over_the_boundary(small_world)
+    own = Path(small_world["root"]) / "scenes"
+    same_zone = sorted(str(p) for t in small_world["tiles"] if t["epsg"] == grid.epsg
+                       for p in (own / t["id"]).glob("*/B04.tif"))[:1]
+    partial = 0
+    for href in same_zone + _other_zone_assets(small_world, grid.epsg):
+        whole = read_asset(href, grid, fill=0)
+        got = read_asset_part(href, grid, fill=0)
+        assert got is not None
+        (r0, r1, c0, c1), data = got
+        np.testing.assert_array_equal(data, whole[r0:r1, c0:c1])
+        outside = np.ones_like(whole, dtype=bool)
+        outside[r0:r1, c0:c1] = False
+        assert not whole[outside].any()
+        partial += (r1 - r0) * (c1 - c0) < grid.width * grid.height
+    assert partial >= 2  # the box is smaller than the grid where the asset ends
+    far = GridSpec(grid.epsg, grid.transform * Affine.translation(0, -10_000), 8, 8)
+    assert read_asset_part(same_zone[0], far, fill=0) is None
+    assert not read_asset(same_zone[0], far, fill=0).any()
