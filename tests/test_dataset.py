@@ -31,6 +31,20 @@ def test_normalize_chip_nan_and_layout():
         normalize_chip(arr, mean[:2], std)
 
 
+def test_normalize_chip_stack_equals_each_chip():
+    """A stack of chips normalises to what each chip gives alone."""
+    rng = np.random.default_rng(3)
+    arr = rng.normal(size=(5, 2, 3, 4, 4)).astype(np.float32)  # N, T, C, H, W
+    arr[rng.random(arr.shape) < 0.1] = np.nan
+    mean, std = [0.1, 0.2, 0.3], [1.0, 2.0, 0.5]
+    xs, valids = normalize_chip(arr, mean, std)
+    assert xs.shape == (5, 3, 2, 4, 4) and valids.shape == (5, 4, 4)
+    assert not valids.all() and valids.any()
+    for chip, x, valid in zip(arr, xs, valids, strict=True):
+        one, one_valid = normalize_chip(chip, mean, std)
+        assert torch.equal(one, x) and torch.equal(one_valid, valid)
+
+
 def test_split_time_bands():
     a = np.arange(6 * 2 * 2).reshape(6, 2, 2)
     out = split_time_bands(a, 3)

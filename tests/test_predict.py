@@ -34,12 +34,13 @@ def product(small_world, flood_model, tmp_path_factory):
     req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
                          date=after_flood(small_world), out_dir=out,
                          catalog=small_world["catalog"], overlap=0.5,
-                         write_probabilities=True)
+                         write_probabilities=True, write_truecolor=True)
     return predict(req)
 
 
 def test_products_are_valid_cogs_per_zone_with_a_sidecar(product):
     assert len(product.classes) == 2  # the world straddles two UTM zones
+    assert len(product.probabilities) == len(product.truecolor) == 2
     for p in product.classes + product.probabilities + product.truecolor:
         assert cog_validate(str(p), quiet=True)[0], p
     with rasterio.open(product.classes[0]) as src:
@@ -252,7 +253,8 @@ def test_bf16_precision_runs_and_stays_close(flood_model, small_world, tmp_path)
 def test_shared_block_reads_give_the_same_product(product, flood_model, small_world, tmp_path,
                                                   block, ahead):
     """Windows read one by one (block 1, the plain chip path) or in odd-sized blocks by a
-    read-ahead thread give exactly the product of the default blocks."""
+    read-ahead thread give exactly the product of the default blocks (which also wrote the
+    true colour, asked for here only by default: not at all)."""
     req = PredictRequest(model=flood_model, aois=[bbox_aoi(small_world["bbox"])],
                          date=after_flood(small_world), out_dir=tmp_path,
                          catalog=small_world["catalog"], overlap=0.5,
@@ -261,6 +263,7 @@ def test_shared_block_reads_give_the_same_product(product, flood_model, small_wo
     side = json.loads(res.sidecar.read_text())
     assert side["parameters"]["block_windows"] == block
     assert side["parameters"]["read_ahead"] == ahead
+    assert res.truecolor == [] and side["products"]["truecolor"] == []
     assert side["skipped_windows"] == json.loads(product.sidecar.read_text())["skipped_windows"]
     for a, b in zip(sorted(res.classes + res.probabilities),
                     sorted(product.classes + product.probabilities), strict=True):
@@ -305,8 +308,17 @@ def test_predict_over_a_named_band_geotiff(flood_model, flood_dataset, tmp_path)
     classes as --chips (one window, same tensors)."""
     chip = sorted((flood_dataset / "chips").glob("*.tif"))[0]
     res = runner.invoke(app, ["predict", str(flood_model), "--image", str(chip), "--out",
-                              str(tmp_path / "img"), "--name", "scene"])
+                              str(tmp_path / "img"), "--name", "scene", "--truecolor"])
     assert res.exit_code == 0, res.output
+    with rasterio.open(chip) as src, \
+            rasterio.open(tmp_path / "img" / f"scene_{_epsg(chip)}_truecolor.tif") as tc:
+        last = max(int(d.split(":")[0][1:]) for d in src.descriptions)
+        red = src.read(src.descriptions.index(f"t{last}:red") + 1)
+        shown = tc.read(1)
+        assert tc.descriptions[0] == "red" and np.isfinite(shown).any()
+        # the true colour is the last step's reflectance wherever the window was valid
+        np.testing.assert_allclose(shown[np.isfinite(shown)], red[np.isfinite(shown)],
+                                   rtol=1e-5)
     ref = runner.invoke(app, ["predict", str(flood_model), "--chips", str(flood_dataset),
                               "--out", str(tmp_path / "chips")])
     assert ref.exit_code == 0, ref.output

@@ -136,7 +136,8 @@ def run_demo(out: Path, opts: DemoOptions,
     bbox = world["bbox"]
     result = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
                                     out_dir=pred_dir, catalog=world["catalog"],
-                                    name=f"{opts.task}_{date:%Y%m%d}"))
+                                    name=f"{opts.task}_{date:%Y%m%d}",
+                                    write_truecolor=True))
     truth_scores = {}
     if opts.task == "flood" or dt.date.fromisoformat(task.get("date", str(date))) <= date:
         for cog in result.classes:

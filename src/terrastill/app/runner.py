@@ -206,6 +206,7 @@ class JobRunner:
             max_cloud=r.get("max_cloud"),
             tolerance=r.get("tolerance"),
             max_area_km2=self.settings.max_aoi_km2,
+            write_truecolor=True,  # the map shows the input beside the prediction
         )
 
     def _run(self, job: Job, cancel: threading.Event) -> None:

@@ -33,6 +33,9 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     probabilities: bool = typer.Option(False, "--probabilities",
                                        help="Also write per-class probabilities (percent)."),
+    truecolor: bool = typer.Option(
+        False, "--truecolor",
+        help="Also write the input's last step as a true-colour reflectance COG."),
     workers: int = typer.Option(0, "--workers", help="Local Dask worker processes."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Existing Dask scheduler."),
     max_area: float = typer.Option(5000.0, "--max-area", help="AOI area limit in km²."),
@@ -80,7 +83,7 @@ def predict(
             task = bar.add_task("predict image", total=100)
             res = predict_image(model, image, out, names, scale, offset, overlap, batch_size,
                                 precision, name, probabilities, device,
-                                lambda _s, f: bar.update(task, completed=round(f * 100)))
+                                truecolor, lambda _s, f: bar.update(task, completed=round(f * 100)))
         for p in res.classes + res.probabilities + res.truecolor:
             console.print(f"[green]✓[/] {p}")
         return
@@ -106,7 +109,8 @@ def predict(
                          max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
                          precision=precision, device=device, batch_size=batch_size,
                          block_windows=block_windows, read_ahead=read_ahead,
-                         write_probabilities=probabilities, workers=workers,
+                         write_probabilities=probabilities, write_truecolor=truecolor,
+                         workers=workers,
                          scheduler=scheduler, max_area_km2=max_area, name=name)
     with progress_bar("windows", console) as bar:
         tasks: dict[str, int] = {}

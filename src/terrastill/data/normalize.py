@@ -20,22 +20,23 @@ def normalize_chip(
     train split), then every non-finite value becomes 0 (the band mean). ``valid`` marks the
     pixels whose inputs are all finite: with ``require="all"`` (default) every band at every
     step, with ``require="any"`` every band at one step at least. Training turns the labels of
-    invalid pixels into -1 (ignored); prediction writes nodata there.
+    invalid pixels into -1 (ignored); prediction writes nodata there. A stack of chips
+    (N, T, C, H, W) gives (N, C, T, H, W) and (N, H, W), each chip as it would alone.
     """
     a = np.asarray(arr, dtype=np.float32)
-    if a.ndim != 4:
-        raise ValueError(f"expected a (T, C, H, W) array, got shape {a.shape}")
-    c = a.shape[1]
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    if m.shape[1] != c or s.shape[1] != c:
-        raise ValueError(f"{c} bands but {m.shape[1]} means and {s.shape[1]} stds")
+    if a.ndim not in (4, 5):
+        raise ValueError(f"expected a (T, C, H, W) array or a stack of them, got shape {a.shape}")
+    c = a.shape[-3]
+    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    if m.shape[0] != c or s.shape[0] != c:
+        raise ValueError(f"{c} bands but {m.shape[0]} means and {s.shape[0]} stds")
     s = np.where(s > 0, s, np.float32(1.0))
     finite = np.isfinite(a)
-    band_ok = finite.all(axis=1)  # (T, H, W): every band present at this step
-    valid = band_ok.all(axis=0) if require == "all" else band_ok.any(axis=0)
+    band_ok = finite.all(axis=-3)  # (..., T, H, W): every band present at this step
+    valid = band_ok.all(axis=-3) if require == "all" else band_ok.any(axis=-3)
     x = np.where(finite, (a - m) / s, np.float32(0.0)).astype(np.float32)
-    x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    x = np.ascontiguousarray(np.swapaxes(x, -4, -3))
     return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(valid))
 
 

@@ -24,8 +24,10 @@ class RowWriter:
         self.grid = grid
         prof = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": count,
                 "dtype": dtype, "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
-                "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-                "BIGTIFF": "IF_SAFER"}
+                "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+                # the temporary file is read once, by publish_cog: the fastest compression
+                # that still keeps a large AOI's scratch file small
+                "compress": "zstd", "zstd_level": 1}
         self.ds = rasterio.open(path, "w", **prof)
         for i, d in enumerate(descriptions or [], start=1):
             self.ds.set_band_description(i, d)

@@ -67,6 +67,7 @@ def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[
                   scale: float = 1.0, offset: float = 0.0, overlap: float = 0.25,
                   batch_size: int = 8, precision: str = "auto", name: str = "prediction",
                   write_probabilities: bool = False, device: str = "auto",
+                  write_truecolor: bool = False,
                   progress: Callable[[str, float], None] | None = None) -> PredictResult:
     """Predict over the whole of ``image`` on its own grid; returns the products."""
     from terrastill.data.normalize import normalize_chip
@@ -91,7 +92,7 @@ def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[
     req = PredictRequest(model=model, aois=[], date=dt.date.today(), out_dir=Path(out_dir),
                          write_probabilities=write_probabilities, name=name)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    rgb_idx = [bands.index(b) for b in ("red", "green", "blue")] if all(
+    rgb_idx = [bands.index(b) for b in ("red", "green", "blue")] if write_truecolor and all(
         b in bands for b in ("red", "green", "blue")) else None
     channels = 1 if card.task == "regression" else len(card.class_names)
     zone = _Zone(req, epsg, grid, channels, card.task, size, rgb_idx is not None)

@@ -69,6 +69,8 @@ class PredictRequest:
     # the model already keeps every core busy and a reader thread only competes with it
     read_ahead: int | None = None
     write_probabilities: bool = False
+    # the last step's input as a true-colour COG, for looking at the imagery (the web map)
+    write_truecolor: bool = False
     workers: int = 0
     scheduler: str | None = None
     max_area_km2: float = DEFAULT_MAX_AREA_KM2
@@ -199,17 +201,21 @@ def read_windows(grids: Sequence[GridSpec], date: dt.date, items: Sequence[dict]
 
     t0 = time.perf_counter()
     chips = read_chips(grids, date, items, read)
+    got = [c for c in chips if not isinstance(c, Exception)]
+    # one normalisation for the block: each chip comes out as it would alone
+    normalised = iter(zip(*normalize_chip(np.stack([c.array for c in got]), spec["mean"],
+                                          spec["std"]), strict=True)) if got else iter(())
     outs = []
     for chip in chips:
         if isinstance(chip, Exception):
             outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(chip)))
             continue
-        x, valid = normalize_chip(chip.array, spec["mean"], spec["std"])
+        x, valid = next(normalised)
         rgb = None
         if all(b in chip.bands for b in ("red", "green", "blue")):
             rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
         ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
-        outs.append(WindowOutput(np.zeros(0), np.asarray(valid, dtype=bool), rgb, ids,
+        outs.append(WindowOutput(np.zeros(0), valid.numpy(), rgb, ids,
                                  tensor=x, coords=window_coords(chip)))
     per = (time.perf_counter() - t0) / max(1, len(outs))
     for o in outs:
@@ -308,12 +314,18 @@ class _Zone:
         if with_rgb:
             self.writers["truecolor"] = RowWriter(self.tmp["truecolor"], grid, 3, "float32",
                                                   float("nan"), ["red", "green", "blue"])
-        self.acc = StripAccumulator(channels, grid.width, grid.height, size, self._flush)
-        self.rgb_acc = (StripAccumulator(3, grid.width, grid.height, size, self._flush_rgb)
-                        if with_rgb else None)
+        # the true colour shares the class outputs' weights: one accumulator holds both
+        self.channels = channels
+        self.acc = StripAccumulator(channels + 3 * with_rgb, grid.width, grid.height, size,
+                                    self._flush)
 
     def _flush(self, row0: int, values: np.ndarray, weights: np.ndarray) -> None:
         has = weights > 0
+        if "truecolor" in self.writers:
+            rgb = values[self.channels:]
+            mean = np.divide(rgb, weights, out=np.full_like(rgb, np.nan), where=has)
+            self.writers["truecolor"].write_rows(row0, mean)
+        values = values[:self.channels]
         mean = np.divide(values, weights, out=np.zeros_like(values), where=has)
         if self.task == "regression":
             self.writers["classes"].write_rows(row0, np.where(has, mean, np.nan)[:1])
@@ -324,29 +336,22 @@ class _Zone:
             p = np.where(has, np.clip(np.round(mean * 100), 0, 100), 255).astype(np.uint8)
             self.writers["probabilities"].write_rows(row0, p)
 
-    def _flush_rgb(self, row0: int, values: np.ndarray, weights: np.ndarray) -> None:
-        has = weights > 0
-        mean = np.divide(values, weights, out=np.full_like(values, np.nan), where=has)
-        self.writers["truecolor"].write_rows(row0, mean.astype(np.float32))
-
     def add(self, g: GridSpec, out: WindowOutput, weight: np.ndarray) -> None:
         row = int(round((self.grid.transform.f - g.transform.f) / -g.transform.e))
         col = int(round((g.transform.c - self.grid.transform.c) / g.transform.a))
         # a window that is mostly missing data (cloud, swath edge) gives its few valid pixels
         # little context, so it counts in proportion to its valid share
-        w = (weight * out.valid * out.valid.mean() if out.values.size
-             else np.zeros_like(weight))
-        vals = out.values if out.values.size else np.zeros((self.acc.channels, *weight.shape),
-                                                           np.float32)
-        self.acc.add(row, col, vals, w)
-        if self.rgb_acc is not None:
+        if not out.values.size:
+            return  # no input: adds nothing (weight zero)
+        w = weight * out.valid * out.valid.mean()
+        vals = out.values
+        if "truecolor" in self.writers:
             rgb = np.nan_to_num(out.rgb) if out.rgb is not None else np.zeros((3, *w.shape))
-            self.rgb_acc.add(row, col, rgb.astype(np.float32), w)
+            vals = np.concatenate([vals, rgb.astype(np.float32)])
+        self.acc.add(row, col, vals, w)
 
     def finish(self, colors: dict | None, tags: dict[str, str]) -> dict[str, Path]:
         self.acc.close()
-        if self.rgb_acc is not None:
-            self.rgb_acc.close()
         for w in self.writers.values():
             w.close()
         done = {}
@@ -432,7 +437,10 @@ def predict(request: PredictRequest,
             f"days of the {read.temporal.num_steps} step date(s) ending {req.date}{hint}")
 
     channels = 1 if card.task == "regression" else len(card.class_names)
-    with_rgb = all(b in read.resolved_bands() for b in ("red", "green", "blue"))
+    with_rgb = req.write_truecolor and all(b in read.resolved_bands()
+                                           for b in ("red", "green", "blue"))
+    if req.write_truecolor and not with_rgb:
+        log.warning("no true-colour product: the model reads no red, green and blue bands")
     weight = window_weight(size)
     total = sum(len(z[3]) for z in zones)
     result = PredictResult(windows=total)
