@@ -148,7 +148,8 @@ def summed_area(mask: np.ndarray) -> np.ndarray:
     """The summed-area table of a 2-D boolean mask: ``t[r, c]`` counts its true pixels in
     rows < r and columns < c, so any rectangle's count takes four lookups."""
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    np.cumsum(mask, axis=0, dtype=np.int64, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     return table
 
 
@@ -195,9 +196,11 @@ def read_chips(
     footprints = np.array([shape(it["geometry"]) for it in located], dtype=object)
     groups: dict[tuple[int, ...], list[Acquisition]] = {}
     window_acqs = []
-    for grid in grids:
-        hits = tuple(np.flatnonzero(
-            shapely.intersects(footprints, box(*grid.lonlat_bounds()))).tolist())
+    # (items, windows): which item footprints touch which window, in one call
+    touch = shapely.intersects(footprints[:, None], shapely.box(
+        *np.array([g.lonlat_bounds() for g in grids]).T)[None, :])
+    for k in range(len(grids)):
+        hits = tuple(np.flatnonzero(touch[:, k]).tolist())
         if hits not in groups:
             groups[hits] = group_acquisitions(located[i] for i in hits)
         window_acqs.append(groups[hits])

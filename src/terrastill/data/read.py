@@ -7,6 +7,7 @@ so a model sees at inference exactly the tensors it was trained on.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import math
 import threading
@@ -14,7 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import rasterio
@@ -338,9 +339,13 @@ class Acquisition:
     date: str  # ISO date
     items: tuple[dict, ...]  # STAC item dicts, sorted by id
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.collection}/{self.date}"
+
+    @cached_property
+    def day(self) -> dt.date:
+        return dt.date.fromisoformat(self.date)
 
     @property
     def item_ids(self) -> list[str]:

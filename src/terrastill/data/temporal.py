@@ -74,7 +74,7 @@ def choose_steps(
     name = source_title or "source"
     for k, target in enumerate(opts.targets(last)):
         cands = [a for a in acquisitions
-                 if abs((dt.date.fromisoformat(a.date) - target).days) <= tol and a.key not in used]
+                 if abs((a.day - target).days) <= tol and a.key not in used]
         if not cands:
             out.append(StepChoice(k, target, None, None,
                                   f"no {name} item within ±{tol} days of {target} at step {k}"))
@@ -83,8 +83,7 @@ def choose_steps(
         for a in cands:
             if a.key not in cache:
                 cache[a.key] = invalid_fraction(a)
-            scored.append((round(cache[a.key], 9),
-                           abs((dt.date.fromisoformat(a.date) - target).days), a.date,
+            scored.append((round(cache[a.key], 9), abs((a.day - target).days), a.date,
                            a.collection, a))
         scored.sort(key=lambda s: s[:4])
         best_frac, *_rest, best = scored[0]
