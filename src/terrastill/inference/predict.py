@@ -524,33 +524,17 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
                 items: list[dict], read: ReadOptions, bf16: bool, device: str,
                 batch_size: int,
                 read_ahead: int = 1) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
-    """Yield (grids, outputs) block by block, in order. Locally, with ``read_ahead`` > 0,
-    the next blocks are read in a thread while the model runs on this one; on Dask, blocks run
-    on the workers with a bounded queue. Either way only a few blocks are in memory at once."""
-    ahead: deque[tuple[list[GridSpec], Any]] = deque()
-    if client is None and read_ahead <= 0:
-        for grids in blocks:
-            sub = items_over(items, union_grid(grids))
-            yield grids, infer_windows(model_path, grids, date, sub, read, bf16, device,
-                                       batch_size)
-        return
+    """Yield (grids, outputs) block by block, in order. Locally, the model runs in full
+    batches across block boundaries, and with ``read_ahead`` > 0 the next blocks are read in a
+    thread while it runs; on Dask, blocks run on the workers with a bounded queue. Either way
+    only a few blocks are in memory at once."""
     if client is None:
         loaded = _load(model_path, device)
-        spec = loaded.card.input_spec
-        with ThreadPoolExecutor(1, thread_name_prefix="terrastill-read") as pool:
-            try:
-                for grids in blocks:
-                    sub = items_over(items, union_grid(grids))
-                    ahead.append((grids, pool.submit(read_windows, grids, date, sub, read,
-                                                     spec)))
-                    if len(ahead) > read_ahead:
-                        yield _infer_next(ahead, loaded, bf16, batch_size)
-                while ahead:
-                    yield _infer_next(ahead, loaded, bf16, batch_size)
-            finally:
-                for _g, f in ahead:
-                    f.cancel()
+        yield from _infer_across_blocks(
+            _read_blocks(blocks, date, items, read, loaded.card.input_spec, read_ahead),
+            loaded, bf16, batch_size)
         return
+    ahead: deque[tuple[list[GridSpec], Any]] = deque()
     limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
     for grids in blocks:
         sub = items_over(items, union_grid(grids))  # only the items this block can touch
@@ -564,9 +548,49 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
         yield g, f.result()
 
 
-def _infer_next(ahead: deque, loaded: Any, bf16: bool,
-                batch_size: int) -> tuple[list[GridSpec], list[WindowOutput]]:
-    grids, future = ahead.popleft()
-    outs = future.result()
-    infer_read(loaded, outs, bf16, batch_size)
-    return grids, outs
+def _read_blocks(blocks: list[list[GridSpec]], date: dt.date, items: list[dict],
+                 read: ReadOptions, spec: dict,
+                 read_ahead: int) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+    """(grids, read windows) block by block, in order: here, or ``read_ahead`` blocks ahead
+    of the consumer in a thread."""
+    def one(grids: list[GridSpec]) -> list[WindowOutput]:
+        return read_windows(grids, date, items_over(items, union_grid(grids)), read, spec)
+
+    if read_ahead <= 0:
+        for grids in blocks:
+            yield grids, one(grids)
+        return
+    ahead: deque[tuple[list[GridSpec], Any]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="terrastill-read") as pool:
+        try:
+            for grids in blocks:
+                ahead.append((grids, pool.submit(one, grids)))
+                if len(ahead) > read_ahead:
+                    g, f = ahead.popleft()
+                    yield g, f.result()
+            while ahead:
+                g, f = ahead.popleft()
+                yield g, f.result()
+        finally:
+            for _g, f in ahead:
+                f.cancel()
+
+
+def _infer_across_blocks(read_blocks: Iterator[tuple[list[GridSpec], list[WindowOutput]]],
+                         loaded: Any, bf16: bool, batch_size: int
+                         ) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+    """Run the model on read windows in full batches, whatever block they came from, and
+    yield each block once all its windows have run (a block's last, short batch waits for
+    the next block's windows instead of running alone)."""
+    pending: deque[tuple[list[GridSpec], list[WindowOutput]]] = deque()
+    waiting: list[WindowOutput] = []
+    for grids, outs in read_blocks:
+        pending.append((grids, outs))
+        waiting += [o for o in outs if o.tensor is not None]
+        full = len(waiting) - len(waiting) % batch_size
+        infer_read(loaded, waiting[:full], bf16, batch_size)
+        waiting = waiting[full:]
+        while pending and all(o.tensor is None for o in pending[0][1]):
+            yield pending.popleft()
+    infer_read(loaded, waiting, bf16, batch_size)
+    yield from pending
