@@ -10,8 +10,12 @@ Each model first predicts over a small corner of the world (untimed: start-up su
 loading torch kernels and parsing the catalogue is not throughput). Two AOIs are timed: the
 centre of the world, which straddles a UTM zone boundary (pixels near it are reprojected
 from the other zone's tiles), and an area as wide just west of the boundary, in one zone.
-End-to-end windows/s counts predicted windows; the reads of windows skipped as too cloudy
-count against it.
+Each AOI is timed ``--repeat`` times two ways, and the medians reported: *cold*, with every
+dataset closed first, so each file is opened and decoded as in a new ``terrastill predict``
+(the operating system's file cache stays warm), and *warm*, straight after, with the files
+still open and decoded, as in a server predicting over one region again. End-to-end
+windows/s counts predicted windows; the reads of windows skipped as too cloudy count
+against it.
 
     python scripts/bench_predict.py --world demo-out/world \
         demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from terrastill.bench.throughput import load_bench_model, measure
+from terrastill.data.read import close_datasets
 from terrastill.errors import NoImageryError
 from terrastill.inference.aoi import area_km2, bbox_aoi
 from terrastill.inference.predict import PredictRequest, predict
@@ -104,7 +110,7 @@ def aois(bbox: list[float], frac: float) -> dict[str, list[float]]:
 
 
 def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5.0,
-        frac: float = 0.5, memory: bool = True) -> dict:
+        frac: float = 0.5, memory: bool = True, repeat: int = 3) -> dict:
     m = load_manifest(world)
     date = clear_date(m["catalog"], dt.date.fromisoformat(m["tasks"]["flood"]["date"]))
     rows = []
@@ -118,20 +124,31 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
         timing = measure(bm, device="cpu", precision="fp32", compile=False,
                          batch_size=batch_size, seconds=seconds, warmup=2)
         for label, bbox in aois(m["bbox"], frac).items():
-            r, skipped = _predict(model, m["catalog"], date, bbox, batch_size)
-            t = r.timings
+            runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+            for _ in range(repeat):
+                close_datasets()
+                for kind in ("cold", "warm"):
+                    r, skipped = _predict(model, m["catalog"], date, bbox, batch_size)
+                    runs[kind].append(r.timings)
             predicted = r.windows - skipped
-            e2e = predicted / t["total"]
             row = {
                 "model": model.name, "aoi": label, "depth": bm.depth, "windows": r.windows,
                 "skipped_windows": skipped, "pixels": r.pixels,
                 "aoi_km2": round(area_km2(bbox_aoi(bbox)), 1),
-                "read_s": t["read"], "inference_s": t["inference"], "write_s": t["write"],
-                "total_s": t["total"], "e2e_windows_per_s": round(e2e, 2),
-                "e2e_pixels_per_s": round(r.pixels / t["total"]),
-                "model_only_img_per_s": round(timing.img_s, 2),
-                "e2e_over_model_only": round(e2e / timing.img_s, 3),
+                "model_only_img_per_s": round(timing.img_s, 2), "repeat": repeat,
             }
+            for kind, timings in runs.items():
+                t = {k: statistics.median(x[k] for x in timings) for k in timings[0]}
+                e2e = predicted / t["total"]
+                row.update({
+                    f"{kind}_read_s": round(t["read"], 3),
+                    f"{kind}_inference_s": round(t["inference"], 3),
+                    f"{kind}_write_s": round(t["write"], 3),
+                    f"{kind}_total_s": round(t["total"], 3),
+                    f"{kind}_e2e_windows_per_s": round(e2e, 2),
+                    f"{kind}_e2e_pixels_per_s": round(r.pixels / t["total"]),
+                    f"{kind}_e2e_over_model_only": round(e2e / timing.img_s, 3),
+                })
             if memory and label == "across zones":
                 small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac / 2))
                 large = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac))
@@ -161,17 +178,21 @@ def main() -> None:
     ap.add_argument("--aoi-fraction", type=float, default=0.5,
                     help="timed AOI: this fraction of the world's width and height")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="timed runs per AOI, cold and warm each (medians are reported)")
     args = ap.parse_args()
     res = run(args.world, args.models, args.batch_size, args.seconds, args.aoi_fraction,
-              not args.no_memory)
-    table = Table(title=f"prediction throughput (one run, {res['date']})")
+              not args.no_memory, args.repeat)
+    table = Table(title=f"prediction throughput (medians of {args.repeat} runs in one "
+                        f"process, {res['date']})")
     table.add_column("measure")
     for r in res["rows"]:
         table.add_column(f"{r['model']}\n{r['aoi']}")
-    for key in ("depth", "windows", "skipped_windows", "pixels", "aoi_km2", "read_s",
-                "inference_s", "write_s",
-                "total_s", "e2e_windows_per_s", "e2e_pixels_per_s", "model_only_img_per_s",
-                "e2e_over_model_only", "peak_rss_mb_small_aoi", "peak_rss_mb_4x_aoi"):
+    timed = ("read_s", "inference_s", "write_s", "total_s", "e2e_windows_per_s",
+             "e2e_pixels_per_s", "e2e_over_model_only")
+    for key in ("depth", "windows", "skipped_windows", "pixels", "aoi_km2",
+                *(f"cold_{k}" for k in timed), *(f"warm_{k}" for k in timed),
+                "model_only_img_per_s", "peak_rss_mb_small_aoi", "peak_rss_mb_4x_aoi"):
         table.add_row(key, *[str(r.get(key, "")) for r in res["rows"]])
     Console().print(table)
     print(json.dumps(res))

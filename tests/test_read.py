@@ -104,3 +104,18 @@ def test_part_reads_are_the_whole_read_inside_their_box(small_world):
     far = GridSpec(grid.epsg, grid.transform * Affine.translation(0, -10_000), 8, 8)
     assert read_asset_part(same_zone[0], far, fill=0) is None
     assert not read_asset(same_zone[0], far, fill=0).any()
+
+
+def test_close_datasets_closes_handles_and_reads_again_the_same(small_world):
+    from terrastill.data import read as read_mod
+
+    grid = _grid_over_the_boundary(small_world)
+    files = _other_zone_assets(small_world, grid.epsg)[:2]
+    before = [read_asset(href, grid, fill=0) for href in files]
+    handles = list(read_mod._DATASETS.open.values())
+    assert handles and read_mod._pixel_map.cache_info().currsize > 0
+    read_mod.close_datasets()
+    assert not read_mod._DATASETS.open and all(ds.closed for ds in handles)
+    assert read_mod._pixel_map.cache_info().currsize == 0
+    for href, arr in zip(files, before, strict=True):
+        np.testing.assert_array_equal(read_asset(href, grid, fill=0), arr)

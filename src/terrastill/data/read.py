@@ -143,6 +143,15 @@ class _OpenDatasets(threading.local):
 _DATASETS = _OpenDatasets()
 
 
+def close_datasets() -> None:
+    """Close this thread's open datasets (with GDAL's cached blocks of them) and forget the
+    reprojection pixel maps: the next reads open and decode their files afresh, as in a new
+    process. Long-lived processes can call it to give file handles back."""
+    for href in list(_DATASETS.open):
+        _DATASETS.drop(href)
+    _pixel_map.cache_clear()
+
+
 Box = tuple[int, int, int, int]  # rows [r0, r1) and columns [c0, c1) of a grid
 
 
