@@ -53,8 +53,13 @@ model, catalog, date, out, *bbox = sys.argv[1:]
 r = predict(PredictRequest(model=Path(model), aois=[bbox_aoi([float(v) for v in bbox])],
             date=dt.date.fromisoformat(date), out_dir=Path(out), catalog=catalog,
             precision="fp32"))
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "pixels": r.pixels, "windows": r.windows}))
+# VmHWM is this program's own peak; ru_maxrss also counts the parent's memory at the fork
+# that started it (Linux keeps the larger of the two across exec)
+status = Path("/proc/self/status")
+hwm = [ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")] \
+    if status.exists() else []
+peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_rss_mb": peak / 1024, "pixels": r.pixels, "windows": r.windows}))
 """
 
 
