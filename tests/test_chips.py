@@ -204,3 +204,42 @@ def test_window_shares_from_summed_area_equal_the_mean():
     for cut in cuts:
         assert window_share(table, cut) == mask[cut].mean()
     assert window_share(summed_area(np.ones((4, 4), bool)), np.s_[1:3, 1:4]) == 1.0
+
+
+def test_rejected_windows_do_not_keep_a_block_of_reads_alive(small_world):
+    """Exceptions kept as values carry no traceback: a traceback's frames hold the block's
+    shared reads, and would tie them into a cycle that only a full garbage collection
+    frees (blocks of reads piled up between collections and grew memory with the AOI)."""
+    import gc
+
+    from affine import Affine
+
+    from terrastill.catalog import LocalCatalog, Search
+    from terrastill.data.chips import _SharedReads, read_chips
+    from terrastill.data.grid import GridSpec
+    from terrastill.errors import NoImageryError
+
+    cat = LocalCatalog(small_world["catalog"])
+    items = [it.to_dict(transform_hrefs=False) for it in cat.search(Search(
+        (), tuple(small_world["bbox"]), dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
+        dt.datetime(2024, 7, 15, tzinfo=dt.UTC)))]
+    tile = next(t for t in small_world["tiles"] if t["epsg"] == 32633)
+    t = tile["transform"]
+    windows = [GridSpec(32633, Affine(30, 0, t[2] + 30 * 16 * i, 0, -30, t[5] - 30 * 8), 16,
+                        16) for i in range(6)]
+    opts = ReadOptions(temporal=TemporalOptions(2, 9, 4, 0.5))  # strict: many rejections
+    gc.collect()
+    gc.disable()
+    try:
+        rejected = 0
+        for day in sorted({dt.date.fromisoformat(it["properties"]["datetime"][:10])
+                           for it in items})[2:]:
+            got = read_chips(windows, day, items, opts)
+            errors = [g for g in got if isinstance(g, NoImageryError)]
+            assert all(e.__traceback__ is None for e in errors)
+            rejected += len(errors)
+            del got, errors
+        alive = [o for o in gc.get_objects() if isinstance(o, _SharedReads)]
+    finally:
+        gc.enable()
+    assert rejected > 0 and not alive

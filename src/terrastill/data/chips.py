@@ -169,7 +169,7 @@ def _once(store: dict, key: str, read: Callable[[], Any]) -> Any:
         try:
             store[key] = read()
         except AssetReadError as exc:
-            store[key] = exc
+            store[key] = _untraced(exc)
     got = store[key]
     if isinstance(got, AssetReadError):
         raise got
@@ -235,7 +235,7 @@ def read_chips(
             except (NoImageryError, AssetReadError) as exc:
                 if isinstance(exc, AssetReadError) and exc.transient:
                     raise
-                picked.append(exc)
+                picked.append(_untraced(exc))
                 continue
             chosen = [c.acquisition for c in choices if c.acquisition is not None]
             picked.append(chosen)
@@ -254,10 +254,17 @@ def read_chips(
             except AssetReadError as exc:
                 if exc.transient:
                     raise
-                out.append(exc)
+                out.append(_untraced(exc))
                 continue
             out.append(ChipRead(np.stack([s.data for s in steps]), grid, shared.bands, steps))
     return out
+
+
+def _untraced(exc: Exception) -> Exception:
+    """``exc`` without its traceback, to be kept as a value: the traceback's frames hold the
+    block's reads, and an exception kept beside them would tie them into a reference cycle
+    that lives until the next full garbage collection (blocks of reads piling up)."""
+    return exc.with_traceback(None)
 
 
 def _cut_step(shared: _SharedReads, acq: Acquisition, cut: tuple) -> StepRead:
