@@ -338,3 +338,17 @@ def test_gdal_env_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
     with rasterio.Env(**env):  # GDAL accepts every option
         pass
+
+
+def test_gdal_block_cache_is_fixed_unless_the_environment_sets_it(monkeypatch) -> None:
+    """GDAL's default cache is 5 % of RAM; reads get a fixed one, or GDAL_CACHEMAX's."""
+    import rasterio
+    from rasterio._env import get_gdal_config
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    env = gdal_env()
+    assert env["GDAL_CACHEMAX"] == 256 * 2**20
+    with rasterio.Env(**env):
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == 256 * 2**20
+    monkeypatch.setenv("GDAL_CACHEMAX", "64")
+    assert "GDAL_CACHEMAX" not in gdal_env()  # GDAL reads the variable itself

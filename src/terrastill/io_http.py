@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COOKIE_FILE = Path("~/.cache/terrastill/gdal-cookies.txt")
+DEFAULT_BLOCK_CACHE_MB = 256  # GDAL block cache for reads unless GDAL_CACHEMAX is set
 
 
 def netrc_path() -> Path | None:
@@ -50,7 +51,7 @@ def gdal_env(
     cookie_file: str | os.PathLike[str] | None = None,
     timeout: float | None = 30,
     headers: Mapping[str, str] | None = None,
-) -> dict[str, str]:
+) -> dict[str, str | int]:
     """GDAL configuration options for reading remote COGs robustly.
 
     - ``GDAL_HTTP_MAX_RETRY`` / ``GDAL_HTTP_RETRY_DELAY`` from ``retry`` (GDAL doubles the delay
@@ -58,18 +59,24 @@ def gdal_env(
     - ``GDAL_HTTP_NETRC`` (+ ``GDAL_HTTP_NETRC_FILE`` when a file is found or given) and a cookie
       jar (``GDAL_HTTP_COOKIEFILE`` / ``GDAL_HTTP_COOKIEJAR``) for NASA Earthdata logins.
     - ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: no directory listing per open.
+    - ``GDAL_CACHEMAX``: a fixed block cache of 256 MB unless the environment variable sets
+      one, so memory does not depend on the machine's RAM.
     - timeouts, and ``GDAL_HTTP_HEADERS`` for extra headers.
 
     Use as ``with rasterio.Env(**gdal_env()): ...``. ``retry`` defaults to ``RetryPolicy()``
     (which honours the ``TERRASTILL_RETRY_*`` environment variables).
     """
     retry = retry if retry is not None else RetryPolicy()
-    env: dict[str, str] = {
+    env: dict[str, str | int] = {
         "GDAL_HTTP_MAX_RETRY": str(max(0, retry.attempts - 1)),
         "GDAL_HTTP_RETRY_DELAY": f"{max(retry.base_delay, 0.001):g}",
         "GDAL_HTTP_RETRY_CODES": ",".join(str(c) for c in sorted(TRANSIENT_STATUS)),
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     }
+    if "GDAL_CACHEMAX" not in os.environ:
+        # decoded blocks kept in memory: GDAL's default is 5 % of RAM, which lets a long
+        # prediction grow with its AOI on a large machine (rasterio takes bytes here)
+        env["GDAL_CACHEMAX"] = DEFAULT_BLOCK_CACHE_MB * 2**20
     if timeout is not None:
         env["GDAL_HTTP_TIMEOUT"] = str(max(1, round(timeout)))
         env["GDAL_HTTP_CONNECTTIMEOUT"] = str(max(1, round(min(timeout, 10))))
