@@ -119,3 +119,38 @@ def test_close_datasets_closes_handles_and_reads_again_the_same(small_world):
     assert read_mod._pixel_map.cache_info().currsize == 0
     for href, arr in zip(files, before, strict=True):
         np.testing.assert_array_equal(read_asset(href, grid, fill=0), arr)
+
+
+def test_landsat_mosaic_masks_the_clouds_of_every_item(tmp_path):
+    """Landsat QA has no nodata value: an item's QA covers only the pixels the item
+    reaches, so the next item's QA (here: its clouds) still masks the rest of the grid."""
+    from terrastill.data.read import Acquisition, read_acquisition
+    from terrastill.sources import get_profile
+
+    profile = get_profile("landsat")
+    x0, y0 = 500_010.0, 5_000_010.0
+    cloud = np.zeros((10, 10), dtype=np.uint16)
+    cloud[2:5, 3:7] = 1 << 3  # QA_PIXEL cloud bit
+    items = []
+    for k, qa in enumerate([np.zeros((10, 10), np.uint16), cloud]):
+        assets = {}
+        for key in ("qa_pixel", "blue", "green", "red", "nir08", "swir16", "swir22"):
+            path = tmp_path / f"item{k}_{key}.tif"
+            data = qa if key == "qa_pixel" else np.full((10, 10), 10_000 + k, np.uint16)
+            with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1,
+                               dtype="uint16", crs="EPSG:32633", nodata=None if
+                               key == "qa_pixel" else 0,
+                               transform=Affine(30, 0, x0 + 300 * k, 0, -30, y0)) as dst:
+                dst.write(data, 1)
+            assets[key] = {"href": str(path)}
+        items.append({"id": f"item{k}", "collection": "landsat-c2-l2", "assets": assets,
+                      "properties": {"datetime": "2024-06-01T10:00:00Z", "proj:epsg": 32633}})
+    grid = GridSpec(32633, Affine(30, 0, x0, 0, -30, y0), 20, 10)
+    step = read_acquisition(Acquisition("landsat-c2-l2", "2024-06-01", tuple(items)), profile,
+                            profile.band_names, grid, profile.default_mask)
+    masked = np.isnan(step.data).all(axis=0)
+    expected = np.zeros((10, 20), dtype=bool)
+    expected[2:5, 13:17] = True
+    np.testing.assert_array_equal(masked, expected)
+    assert step.cloud_fraction == pytest.approx(12 / 200)
+    assert np.isfinite(step.data[:, :, 10:]).any() and (step.data[2, 0, :10] > 0).all()
