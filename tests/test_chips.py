@@ -141,21 +141,26 @@ def test_chip_pixels_equal_source_cogs_at_the_same_map_coordinate(flood_chips):
     assert cross_zone > 0, "no chip drew on the neighbouring UTM zone's tiles"
 
 
+def _season_items(world: dict) -> list[dict]:
+    """The test world's item dicts from May to mid-July."""
+    from terrastill.catalog import LocalCatalog, Search
+
+    return [it.to_dict(transform_hrefs=False) for it in LocalCatalog(world["catalog"]).search(
+        Search((), tuple(world["bbox"]), dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
+               dt.datetime(2024, 7, 15, tzinfo=dt.UTC)))]
+
+
 def test_shared_reads_equal_direct_reads(small_world):
     """Windows read together (one read of their union per asset, cut per window) give the
     same arrays, acquisitions and fractions as each window read alone, also where pixels
     come from the neighbouring UTM zone (reprojected) and where a window has no imagery."""
     from affine import Affine
 
-    from terrastill.catalog import LocalCatalog, Search
     from terrastill.data.chips import ChipRead, read_chip, read_chips
     from terrastill.data.grid import GridSpec
     from terrastill.errors import NoImageryError
 
-    cat = LocalCatalog(small_world["catalog"])
-    items = [it.to_dict(transform_hrefs=False) for it in cat.search(Search(
-        (), tuple(small_world["bbox"]), dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
-        dt.datetime(2024, 7, 15, tzinfo=dt.UTC)))]
+    items = _season_items(small_world)
     tile = next(t for t in small_world["tiles"] if t["epsg"] == 32633)
     t = tile["transform"]
     x0, y0 = t[2] - 30 * 20, t[5] - 30 * 8  # starts west of the zone-33 tile: cross-zone
@@ -214,15 +219,11 @@ def test_rejected_windows_do_not_keep_a_block_of_reads_alive(small_world):
 
     from affine import Affine
 
-    from terrastill.catalog import LocalCatalog, Search
     from terrastill.data.chips import _SharedReads, read_chips
     from terrastill.data.grid import GridSpec
     from terrastill.errors import NoImageryError
 
-    cat = LocalCatalog(small_world["catalog"])
-    items = [it.to_dict(transform_hrefs=False) for it in cat.search(Search(
-        (), tuple(small_world["bbox"]), dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
-        dt.datetime(2024, 7, 15, tzinfo=dt.UTC)))]
+    items = _season_items(small_world)
     tile = next(t for t in small_world["tiles"] if t["epsg"] == 32633)
     t = tile["transform"]
     windows = [GridSpec(32633, Affine(30, 0, t[2] + 30 * 16 * i, 0, -30, t[5] - 30 * 8), 16,
