@@ -15,7 +15,8 @@ dataset closed first, so each file is opened and decoded as in a new ``terrastil
 (the operating system's file cache stays warm), and *warm*, straight after, with the files
 still open and decoded, as in a server predicting over one region again. End-to-end
 windows/s counts predicted windows; the reads of windows skipped as too cloudy count
-against it.
+against it. ``--device cuda`` runs the predictions and the model-only figure on the GPU
+(peak memory is still the host's).
 
     python scripts/bench_predict.py --world demo-out/world \
         demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
@@ -41,7 +42,7 @@ from terrastill.bench.throughput import load_bench_model, measure
 from terrastill.data.read import close_datasets
 from terrastill.errors import NoImageryError
 from terrastill.inference.aoi import area_km2, bbox_aoi
-from terrastill.inference.predict import PredictRequest, predict
+from terrastill.inference.predict import PredictRequest, predict, resolve_device
 from terrastill.world.build import load_manifest
 
 _CHILD = """
@@ -49,10 +50,10 @@ import datetime as dt, json, resource, sys
 from pathlib import Path
 from terrastill.inference.aoi import bbox_aoi
 from terrastill.inference.predict import PredictRequest, predict
-model, catalog, date, out, *bbox = sys.argv[1:]
+model, catalog, date, out, device, *bbox = sys.argv[1:]
 r = predict(PredictRequest(model=Path(model), aois=[bbox_aoi([float(v) for v in bbox])],
             date=dt.date.fromisoformat(date), out_dir=Path(out), catalog=catalog,
-            precision="fp32"))
+            precision="fp32", device=device))
 # VmHWM is this program's own peak; ru_maxrss also counts the parent's memory at the fork
 # that started it (Linux keeps the larger of the two across exec)
 status = Path("/proc/self/status")
@@ -70,11 +71,12 @@ def sub_bbox(bbox: list[float], frac: float) -> list[float]:
     return [cx - hw, cy - hh, cx + hw, cy + hh]
 
 
-def peak_memory(model: Path, catalog: str, date: dt.date, bbox: list[float]) -> dict:
+def peak_memory(model: Path, catalog: str, date: dt.date, bbox: list[float],
+                device: str = "cpu") -> dict:
     """Peak RSS of one prediction in a fresh interpreter."""
     with tempfile.TemporaryDirectory() as out:
         res = subprocess.run([sys.executable, "-c", _CHILD, str(model), catalog,
-                              date.isoformat(), out, *map(str, bbox)],
+                              date.isoformat(), out, device, *map(str, bbox)],
                              capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -115,7 +117,8 @@ def aois(bbox: list[float], frac: float) -> dict[str, list[float]]:
 
 
 def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5.0,
-        frac: float = 0.5, memory: bool = True, repeat: int = 3) -> dict:
+        frac: float = 0.5, memory: bool = True, repeat: int = 3,
+        device: str = "cpu") -> dict:
     m = load_manifest(world)
     date = clear_date(m["catalog"], dt.date.fromisoformat(m["tasks"]["flood"]["date"]))
     rows = []
@@ -125,15 +128,16 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
         warm = [m["bbox"][0], m["bbox"][1], m["bbox"][0] + warm[2] - warm[0],
                 m["bbox"][1] + warm[3] - warm[1]]
         with contextlib.suppress(NoImageryError):  # a cloudy corner still warms up
-            _predict(model, m["catalog"], date, warm, batch_size)
-        timing = measure(bm, device="cpu", precision="fp32", compile=False,
+            _predict(model, m["catalog"], date, warm, batch_size, device)
+        timing = measure(bm, device=device, precision="fp32", compile=False,
                          batch_size=batch_size, seconds=seconds, warmup=2)
         for label, bbox in aois(m["bbox"], frac).items():
             runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
             for _ in range(repeat):
                 close_datasets()
                 for kind in ("cold", "warm"):
-                    r, skipped = _predict(model, m["catalog"], date, bbox, batch_size)
+                    r, skipped = _predict(model, m["catalog"], date, bbox, batch_size,
+                                          device)
                     runs[kind].append(r.timings)
             predicted = r.windows - skipped
             row = {
@@ -155,21 +159,23 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                     f"{kind}_e2e_over_model_only": round(e2e / timing.img_s, 3),
                 })
             if memory and label == "across zones":
-                small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac / 2))
-                large = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac))
+                small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac / 2),
+                                    device)
+                large = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac),
+                                    device)
                 row.update({"peak_rss_mb_small_aoi": round(small["peak_rss_mb"]),
                             "peak_rss_mb_4x_aoi": round(large["peak_rss_mb"]),
                             "pixels_small_vs_4x": [small["pixels"], large["pixels"]]})
             rows.append(row)
-    return {"date": date.isoformat(), "rows": rows}
+    return {"date": date.isoformat(), "device": device, "rows": rows}
 
 
 def _predict(model: Path, catalog: str, date: dt.date, bbox: list[float],
-             batch_size: int) -> tuple[Any, int]:
+             batch_size: int, device: str = "cpu") -> tuple[Any, int]:
     with tempfile.TemporaryDirectory() as out:
         r = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
                                    out_dir=Path(out), catalog=catalog,
-                                   batch_size=batch_size, precision="fp32"))
+                                   batch_size=batch_size, precision="fp32", device=device))
         skipped = json.loads(r.sidecar.read_text())["skipped_windows"]
     return r, skipped
 
@@ -185,11 +191,13 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--repeat", type=int, default=3,
                     help="timed runs per AOI, cold and warm each (medians are reported)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda: both the predictions and the model-only figure run there")
     args = ap.parse_args()
     res = run(args.world, args.models, args.batch_size, args.seconds, args.aoi_fraction,
-              not args.no_memory, args.repeat)
-    table = Table(title=f"prediction throughput (medians of {args.repeat} runs in one "
-                        f"process, {res['date']})")
+              not args.no_memory, args.repeat, resolve_device(args.device))
+    table = Table(title=f"prediction throughput on {res['device']} (medians of "
+                        f"{args.repeat} runs in one process, {res['date']})")
     table.add_column("measure")
     for r in res["rows"]:
         table.add_column(f"{r['model']}\n{r['aoi']}")

@@ -36,6 +36,7 @@ def test_bench_predict_reports_the_split_and_memory(small_world, flood_model):
                                     repeat=1)
     del ballast
     across, one = res["rows"]
+    assert res["device"] == "cpu"
     assert (across["aoi"], one["aoi"]) == ("across zones", "one zone")
     assert one["windows"] > 0 and one["cold_e2e_over_model_only"] > 0
     row = across
