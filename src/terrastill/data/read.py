@@ -13,9 +13,10 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -155,11 +156,11 @@ def close_datasets() -> None:
 Box = tuple[int, int, int, int]  # rows [r0, r1) and columns [c0, c1) of a grid
 
 
-def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float,
-               band: int = 1, todo: np.ndarray | None = None) -> tuple[Box, np.ndarray] | None:
+def _read_once(href: str, read: Callable[..., Any], *args: Any) -> Any:
+    """``read(dataset, *args)`` on ``href``'s open dataset; a failure closes it."""
     try:
         with gdal_session():
-            return _read_part(_DATASETS.get(href), grid, resampling, fill, band, todo)
+            return read(_DATASETS.get(href), *args)
     except (RasterioError, OSError):
         _DATASETS.drop(href)  # a retry reopens it
         raise
@@ -168,8 +169,10 @@ def _read_once(href: str, grid: GridSpec, resampling: Resampling, fill: float,
 def _read_open(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampling,
                fill: float, band: int = 1, todo: np.ndarray | None = None) -> np.ndarray:
     """:func:`_read_part` placed on the whole grid (``fill`` elsewhere)."""
-    out = np.full((grid.height, grid.width), fill, dtype=np.dtype(src.dtypes[band - 1]))
     got = _read_part(src, grid, resampling, fill, band, todo)
+    if got is not None and got[0] == (0, grid.height, 0, grid.width):
+        return got[1]
+    out = np.full((grid.height, grid.width), fill, dtype=np.dtype(src.dtypes[band - 1]))
     if got is not None:
         (r0, r1, c0, c1), data = got
         out[r0:r1, c0:c1] = data
@@ -286,15 +289,8 @@ def read_asset(
     (``terrastill.io_http``); a missing, corrupt or unreadable asset becomes an
     :class:`AssetReadError` naming it (``transient`` when it was only unreachable).
     """
-    got = read_asset_part(href, grid, fill, resampling, policy, band, todo)
-    if got is not None and got[0] == (0, grid.height, 0, grid.width):
-        return got[1]
-    dtype = got[1].dtype if got is not None else _dtype_of(href, band, policy)
-    out = np.full((grid.height, grid.width), fill, dtype=dtype)
-    if got is not None:
-        (r0, r1, c0, c1), data = got
-        out[r0:r1, c0:c1] = data
-    return out
+    return call_with_retries(href, lambda: _read_once(
+        href, _read_open, grid, resampling, fill, band, todo), retry=policy)
 
 
 def read_asset_part(
@@ -309,35 +305,21 @@ def read_asset_part(
     """:func:`read_asset` limited to the box of ``grid`` that the asset reaches (and that
     holds ``todo`` pixels): ``((r0, r1, c0, c1), data)``, or None when it reaches nothing.
     Mosaics work on the box instead of the whole grid."""
-    return call_with_retries(
-        href, lambda: _read_once(href, grid, resampling, fill, band, todo), retry=policy)
-
-
-def _dtype_of(href: str, band: int, policy: RetryPolicy | None) -> np.dtype:
-    def once() -> np.dtype:
-        with gdal_session():
-            return np.dtype(_DATASETS.get(href).dtypes[band - 1])
-
-    return call_with_retries(href, once, retry=policy)
+    return call_with_retries(href, lambda: _read_once(
+        href, _read_part, grid, resampling, fill, band, todo), retry=policy)
 
 
 def read_whole(href: str, policy: RetryPolicy | None = None, band: int = 1) -> np.ndarray:
     """Read a whole band of ``href`` on its own grid, through the same open, retry and
     header checks as :func:`read_asset` (used by checks and reports, not by chips)."""
 
-    def once() -> np.ndarray:
-        try:
-            with gdal_session():
-                src = _DATASETS.get(href)
-                epsg = src.crs.to_epsg() if src.crs is not None else 4326
-                grid = GridSpec(epsg, src.transform, src.width, src.height)
-                fill = src.nodata if src.nodata is not None else 0
-                return _read_open(src, grid, Resampling.nearest, fill, band)
-        except (RasterioError, OSError):
-            _DATASETS.drop(href)
-            raise
+    def own_grid(src: rasterio.DatasetReader) -> np.ndarray:
+        epsg = src.crs.to_epsg() if src.crs is not None else 4326
+        grid = GridSpec(epsg, src.transform, src.width, src.height)
+        return _read_open(src, grid, Resampling.nearest,
+                          src.nodata if src.nodata is not None else 0, band)
 
-    return call_with_retries(href, once, retry=policy)
+    return call_with_retries(href, lambda: _read_once(href, own_grid), retry=policy)
 
 
 @dataclass(frozen=True)
