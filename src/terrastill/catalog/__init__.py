@@ -27,7 +27,7 @@ def open_catalog(location: str, **options: object) -> Catalog:
 def _local(location: str, _resolved: str, _mtime_ns: int, _size: int) -> LocalCatalog:
     """A parsed local catalogue, kept while the file is unchanged (a server or a benchmark
     opens the same file for every job; parsing a large ItemCollection takes a second).
-    Searches return the cached items: callers read them (``to_dict``), never change them."""
+    Its searches return copies of the items, so callers cannot change the shared ones."""
     return LocalCatalog(location)
 
 
