@@ -15,8 +15,11 @@ dataset closed first, so each file is opened and decoded as in a new ``terrastil
 (the operating system's file cache stays warm), and *warm*, straight after, with the files
 still open and decoded, as in a server predicting over one region again. End-to-end
 windows/s counts predicted windows; the reads of windows skipped as too cloudy count
-against it. ``--device cuda`` runs the predictions and the model-only figure on the GPU
-(peak memory is still the host's).
+against it. After each pair of runs, every asset the prediction opened is opened and its
+band decoded once more with plain rasterio and nothing else (*bare reads*, cold): no reader
+can spend less on a cold run, so model time plus bare reads bounds the cold ratio from
+above when reading and inference share the cores (the *ceiling*). ``--device cuda`` runs
+the predictions and the model-only figure on the GPU (peak memory is still the host's).
 
     python scripts/bench_predict.py --world demo-out/world \
         demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
@@ -32,17 +35,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import rasterio
 from rich.console import Console
 from rich.table import Table
 
 from terrastill.bench.throughput import load_bench_model, measure
-from terrastill.data.read import close_datasets
+from terrastill.data.read import close_datasets, open_assets
 from terrastill.errors import NoImageryError
 from terrastill.inference.aoi import area_km2, bbox_aoi
 from terrastill.inference.predict import PredictRequest, predict, resolve_device
+from terrastill.io_http import gdal_env, gdal_path
 from terrastill.world.build import load_manifest
 
 _CHILD = """
@@ -79,6 +85,17 @@ def peak_memory(model: Path, catalog: str, date: dt.date, bbox: list[float],
                               date.isoformat(), out, device, *map(str, bbox)],
                              capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bare_read_seconds(hrefs: list[str]) -> float:
+    """Seconds to open each asset and decode its first band whole with plain rasterio (the
+    demo world's files are single strips, so any window of one decodes all of it)."""
+    with rasterio.Env(**gdal_env()):
+        t0 = time.perf_counter()
+        for href in hrefs:
+            with rasterio.open(gdal_path(href)) as src:
+                src.read(1)
+        return time.perf_counter() - t0
 
 
 def clear_date(catalog: str, after: dt.date, steps: int = 3, step: int = 14,
@@ -133,18 +150,23 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                          batch_size=batch_size, seconds=seconds, warmup=2)
         for label, bbox in aois(m["bbox"], frac).items():
             runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+            bare = []
             for _ in range(repeat):
                 close_datasets()
                 for kind in ("cold", "warm"):
                     r, skipped = _predict(model, m["catalog"], date, bbox, batch_size,
                                           device)
                     runs[kind].append(r.timings)
+                assets = open_assets()
+                close_datasets()
+                bare.append(bare_read_seconds(assets))
             predicted = r.windows - skipped
             row = {
                 "model": model.name, "aoi": label, "depth": bm.depth, "windows": r.windows,
                 "skipped_windows": skipped, "pixels": r.pixels,
                 "aoi_km2": round(area_km2(bbox_aoi(bbox)), 1),
                 "model_only_img_per_s": round(timing.img_s, 2), "repeat": repeat,
+                "assets_read": len(assets), "bare_read_s": round(statistics.median(bare), 3),
             }
             for kind, timings in runs.items():
                 t = {k: statistics.median(x[k] for x in timings) for k in timings[0]}
@@ -158,6 +180,9 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                     f"{kind}_e2e_pixels_per_s": round(r.pixels / t["total"]),
                     f"{kind}_e2e_over_model_only": round(e2e / timing.img_s, 3),
                 })
+            # the cold ratio if reading cost only the bare reads and writing nothing
+            best = predicted / (row["cold_inference_s"] + row["bare_read_s"])
+            row["cold_ratio_ceiling"] = round(best / timing.img_s, 3)
             if memory and label == "across zones":
                 small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac / 2),
                                     device)
@@ -204,7 +229,8 @@ def main() -> None:
     timed = ("read_s", "inference_s", "write_s", "total_s", "e2e_windows_per_s",
              "e2e_pixels_per_s", "e2e_over_model_only")
     for key in ("depth", "windows", "skipped_windows", "pixels", "aoi_km2",
-                *(f"cold_{k}" for k in timed), *(f"warm_{k}" for k in timed),
+                *(f"cold_{k}" for k in timed), "assets_read", "bare_read_s",
+                "cold_ratio_ceiling", *(f"warm_{k}" for k in timed),
                 "model_only_img_per_s", "peak_rss_mb_small_aoi", "peak_rss_mb_4x_aoi"):
         table.add_row(key, *[str(r.get(key, "")) for r in res["rows"]])
     Console().print(table)

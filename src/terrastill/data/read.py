@@ -153,6 +153,13 @@ def close_datasets() -> None:
     _pixel_map.cache_clear()
 
 
+def open_assets() -> list[str]:
+    """The hrefs of this thread's open datasets, least recently used first (at most
+    ``_OpenDatasets.size`` of them): which assets a run has read since
+    :func:`close_datasets`, for benchmarks and diagnostics."""
+    return list(_DATASETS.open)
+
+
 Box = tuple[int, int, int, int]  # rows [r0, r1) and columns [c0, c1) of a grid
 
 
