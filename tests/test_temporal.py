@@ -68,3 +68,52 @@ def test_grouping_mosaics_items_of_one_collection_and_day():
     groups = group_acquisitions(items)
     assert [(g.collection, g.item_ids) for g in groups] == [("HLSL30_2.0", ["c"]),
                                                             ("HLSS30_2.0", ["a", "b"])]
+
+
+def _reference_choice(acqs, last, opts, frac):
+    """The rule written out window by window: least share, then closeness, earlier date,
+    collection; an acquisition serves one step; the cloud limit rejects a step."""
+    used, out = set(), []
+    for target in opts.targets(last):
+        cands = [a for a in acqs if abs((dt.date.fromisoformat(a.date) - target).days)
+                 <= opts.temporal_tolerance and a.key not in used]
+        if not cands:
+            out.append(None)
+            continue
+        best = min(cands, key=lambda a: (frac[a.key], abs((dt.date.fromisoformat(a.date)
+                                                           - target).days), a.date,
+                                         a.collection))
+        if frac[best.key] * 100 > opts.max_cloud:
+            out.append(None)
+            continue
+        used.add(best.key)
+        out.append(best.key)
+    return out
+
+
+def test_many_windows_at_once_choose_as_each_window_alone():
+    import numpy as np
+
+    from terrastill.data.temporal import pick_steps
+
+    rng = np.random.default_rng(3)
+    days = sorted({dt.date(2024, 4, 1) + dt.timedelta(days=int(d))
+                   for d in rng.integers(0, 60, 14)})
+    acqs = [acq(d.isoformat(), coll) for d in days for coll in ("HLSL30_2.0", "HLSS30_2.0")
+            if rng.random() < 0.7]
+    opts = TemporalOptions(num_steps=3, temporal_step=12, temporal_tolerance=5, max_cloud=40)
+    n = 300
+    # few distinct shares, so ties (broken by date and collection) are common
+    shares = {a.key: rng.choice([0.0, 0.1, 0.25, 0.5, 0.9], n) for a in acqs}
+    last = dt.date(2024, 5, 20)
+    picks = pick_steps(acqs, last, opts, lambda a: shares[a.key], n, "HLS")
+    chosen_steps = 0
+    for w in range(n):
+        want = _reference_choice(acqs, last, opts, {k: v[w] for k, v in shares.items()})
+        got = [None if i < 0 else acqs[i].key for i in picks.index[w]]
+        assert got == want, w
+        alone = choose_steps(acqs, last, opts, lambda a, w=w: shares[a.key][w], "HLS")
+        assert [c.acquisition.key if c.acquisition else None for c in alone] == want
+        assert [c.reason for c in alone] == [picks.reason(w, k) for k in range(3)]
+        chosen_steps += sum(k is not None for k in want)
+    assert 0 < chosen_steps < 3 * n  # both outcomes occur

@@ -20,7 +20,7 @@ from terrastill.data.read import (
     read_acquisition,
     read_qa,
 )
-from terrastill.data.temporal import TemporalOptions, choose_steps, group_acquisitions
+from terrastill.data.temporal import TemporalOptions, group_acquisitions, pick_steps
 from terrastill.errors import AssetReadError, NoImageryError
 from terrastill.sources import SourceProfile, get_profile
 
@@ -136,12 +136,19 @@ class _SharedReads:
     def share(self, key: str, what: str, cut: tuple[slice, slice]) -> float:
         """The share of ``cut`` that acquisition ``key`` leaves ``invalid`` (QA: masked or
         not covered), ``cloud`` (QA: a masked class) or ``missing`` (NaN once read)."""
+        return window_share(self._table(key, what), cut)
+
+    def shares(self, key: str, what: str, bounds: np.ndarray) -> np.ndarray:
+        """:meth:`share` of many windows at once (see :func:`window_shares`)."""
+        return window_shares(self._table(key, what), bounds)
+
+    def _table(self, key: str, what: str) -> np.ndarray:
         table = self._tables.get((key, what))
         if table is None:
             mask = {"invalid": lambda: self.qa(key)[0], "cloud": lambda: self.qa(key)[1],
                     "missing": lambda: np.isnan(self.step(key).data[0])}[what]()
             table = self._tables[(key, what)] = summed_area(mask)
-        return window_share(table, cut)
+        return table
 
 
 def summed_area(mask: np.ndarray) -> np.ndarray:
@@ -161,10 +168,15 @@ def window_share(table: np.ndarray, cut: tuple[slice, slice]) -> float:
     """``mask[cut].mean()`` from ``mask``'s summed-area table (the same float: an exact
     count divided by the pixel count)."""
     rows, cols = cut
-    n = (rows.stop - rows.start) * (cols.stop - cols.start)
-    count = (table[rows.stop, cols.stop] - table[rows.start, cols.stop]
-             - table[rows.stop, cols.start] + table[rows.start, cols.start])
-    return float(count) / n
+    return float(window_shares(table, (rows.start, rows.stop, cols.start, cols.stop)))
+
+
+def window_shares(table: np.ndarray, bounds: Any) -> Any:
+    """:func:`window_share` of many windows: ``bounds`` holds their first rows, row stops,
+    first columns and column stops (four arrays, or four numbers for one window)."""
+    r0, r1, c0, c1 = bounds
+    count = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    return count / ((r1 - r0) * (c1 - c0))
 
 
 def _once(store: dict, key: str, read: Callable[[], Any]) -> Any:
@@ -199,7 +211,7 @@ def read_chips(
     located = [it for it in items if it.get("geometry")]
     footprints = np.array([shape(it["geometry"]) for it in located], dtype=object)
     groups: dict[tuple[int, ...], list[Acquisition]] = {}
-    window_acqs = []
+    members_of: dict[tuple[int, ...], list[int]] = {}  # the windows of each candidate list
     # (items, windows): which item footprints touch which window, in one call
     touch = shapely.intersects(footprints[:, None], shapely.box(
         *np.array([g.lonlat_bounds() for g in grids]).T)[None, :])
@@ -207,7 +219,7 @@ def read_chips(
         hits = tuple(np.flatnonzero(touch[:, k]).tolist())
         if hits not in groups:
             groups[hits] = group_acquisitions(located[i] for i in hits)
-        window_acqs.append(groups[hits])
+        members_of.setdefault(hits, []).append(k)
     merged: dict[str, Acquisition] = {}  # per acquisition, the items of all windows
     for acqs in groups.values():
         for a in acqs:
@@ -217,36 +229,39 @@ def read_chips(
                                         tuple(its[i] for i in sorted(its)))
     shared = _SharedReads(region, opts, merged)
     title = opts.profile.name.upper()
-    picked: list[list[Acquisition] | NoImageryError | AssetReadError] = []
+    picked: list[list[Acquisition] | NoImageryError | AssetReadError | None] = [None] * len(grids)
     cuts = []
+    for grid in grids:
+        off = region.offset_of(grid)
+        if off is None:
+            raise ValueError(f"window {grid} does not lie on the pixels of {region}")
+        cuts.append(np.s_[off[0]:off[0] + grid.height, off[1]:off[1] + grid.width])
     with gdal_session():
-        # 1. every window chooses its acquisitions on its own pixels (QA only)
-        for grid, acqs in zip(grids, window_acqs, strict=True):
-            off = region.offset_of(grid)
-            if off is None:
-                raise ValueError(f"window {grid} does not lie on the pixels of {region}")
-            cut = np.s_[off[0]:off[0] + grid.height, off[1]:off[1] + grid.width]
-            cuts.append(cut)
-
-            def invalid_fraction(acq: Acquisition, cut: tuple = cut) -> float:
-                return shared.share(acq.key, "invalid", cut)
-
+        # 1. every window chooses its acquisitions on its own pixels (QA only), all the
+        # windows sharing a candidate list at once
+        for hits, members in members_of.items():
+            box_ = np.array([(c[0].start, c[0].stop, c[1].start, c[1].stop)
+                             for c in (cuts[w] for w in members)]).T
             try:
-                choices = choose_steps(acqs, last_date, opts.temporal, invalid_fraction, title)
-                for c in choices:
-                    if c.acquisition is None:
-                        raise NoImageryError(c.reason)
-            except (NoImageryError, AssetReadError) as exc:
-                if isinstance(exc, AssetReadError) and exc.transient:
+                picks = pick_steps(groups[hits], last_date, opts.temporal,
+                                   lambda a, b=box_: shared.shares(a.key, "invalid", b),
+                                   len(members), title)
+            except AssetReadError as exc:
+                if exc.transient:
                     raise
-                picked.append(_untraced(exc))
+                for w in members:
+                    picked[w] = _untraced(exc)
                 continue
-            chosen = [c.acquisition for c in choices if c.acquisition is not None]
-            picked.append(chosen)
-            for a in chosen:  # bands are read only where some window uses them
-                if a.key not in shared.need:
-                    shared.need[a.key] = np.zeros((region.height, region.width), bool)
-                shared.need[a.key][cut] = True
+            for j, w in enumerate(members):
+                chosen = picks.chosen(j)
+                if chosen is None:
+                    picked[w] = NoImageryError(picks.first_reason(j))
+                    continue
+                picked[w] = chosen
+                for a in chosen:  # bands are read only where some window uses them
+                    if a.key not in shared.need:
+                        shared.need[a.key] = np.zeros((region.height, region.width), bool)
+                    shared.need[a.key][cuts[w]] = True
         # 2. the chosen acquisitions' bands, read once and cut per window
         out: list[ChipRead | NoImageryError | AssetReadError] = []
         for grid, cut, got in zip(grids, cuts, picked, strict=True):

@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from terrastill.data.read import Acquisition
 
 
@@ -54,6 +56,102 @@ class StepChoice:
     reason: str = ""
 
 
+class StepPicks:
+    """The acquisition choice of many windows that share one candidate list.
+
+    ``index[w, k]`` is the position in ``acquisitions`` of window ``w``'s choice for step
+    ``k`` (-1: none), ``fraction[w, k]`` the masked share of the best candidate (NaN when no
+    candidate was left), ``available[w, k]`` how many candidates were left for that step.
+    """
+
+    def __init__(self, acquisitions: Sequence[Acquisition], targets: list[dt.date],
+                 opts: TemporalOptions, source_title: str, n: int):
+        self.acquisitions, self.targets, self.opts = acquisitions, targets, opts
+        self.name = source_title or "source"
+        self.index = np.full((n, len(targets)), -1, dtype=np.int64)
+        self.fraction = np.full((n, len(targets)), np.nan)
+        self.available = np.zeros((n, len(targets)), dtype=np.int64)
+        self.best = np.full((n, len(targets)), -1, dtype=np.int64)
+
+    def chosen(self, w: int) -> list[Acquisition] | None:
+        """Window ``w``'s acquisitions, one per step; None when a step has none."""
+        row = self.index[w]
+        return None if (row < 0).any() else [self.acquisitions[i] for i in row]
+
+    def reason(self, w: int, k: int) -> str:
+        """Why window ``w`` has no acquisition at step ``k`` ("" when it has one)."""
+        if self.index[w, k] >= 0:
+            return ""
+        tol, target = self.opts.temporal_tolerance, self.targets[k]
+        if not self.available[w, k]:
+            return f"no {self.name} item within ±{tol} days of {target} at step {k}"
+        best = self.acquisitions[self.best[w, k]]
+        return (f"all {self.available[w, k]} {self.name} acquisitions within ±{tol} days of "
+                f"{target} at step {k} exceed {self.opts.max_cloud:g}% masked over the chip "
+                f"(least: {self.fraction[w, k] * 100:.1f}% on {best.date})")
+
+    def first_reason(self, w: int) -> str:
+        """The reason of window ``w``'s first step without an acquisition ("" if none)."""
+        missing = np.flatnonzero(self.index[w] < 0)
+        return self.reason(w, int(missing[0])) if missing.size else ""
+
+    def step_choices(self, w: int) -> list[StepChoice]:
+        out = []
+        for k, target in enumerate(self.targets):
+            i, frac = self.index[w, k], self.fraction[w, k]
+            out.append(StepChoice(k, target, self.acquisitions[i] if i >= 0 else None,
+                                  None if np.isnan(frac) else float(frac), self.reason(w, k)))
+        return out
+
+
+def pick_steps(
+    acquisitions: Sequence[Acquisition],
+    last: dt.date,
+    opts: TemporalOptions,
+    fractions: Callable[[Acquisition], np.ndarray],
+    n: int,
+    source_title: str = "",
+) -> StepPicks:
+    """For each of ``n`` windows and each target date, the acquisition with the least masked
+    share of the window, all windows at once.
+
+    ``fractions(a)`` gives acquisition ``a``'s masked share of every window (shape (n,)); it
+    is called once per acquisition within tolerance of some target, in list order. Ties break
+    on closeness to the target, then on the earlier date, then collection id. An acquisition
+    serves at most one step of a window. A step whose least masked share exceeds
+    ``opts.max_cloud`` percent has no acquisition.
+    """
+    targets = opts.targets(last)
+    picks = StepPicks(acquisitions, targets, opts, source_title, n)
+    tol = opts.temporal_tolerance
+    shares: dict[int, np.ndarray] = {}
+    used = np.zeros((n, len(acquisitions)), dtype=bool)
+    rows = np.arange(n)
+    for k, target in enumerate(targets):
+        near = [i for i, a in enumerate(acquisitions) if abs((a.day - target).days) <= tol]
+        for i in near:
+            if i not in shares:  # rounded: float noise must not outweigh the tie breaks
+                shares[i] = np.round(np.asarray(fractions(acquisitions[i]), float), 9)
+        if not near:
+            continue
+        # candidates in tie-break order, so the first least share wins
+        near.sort(key=lambda i: (abs((acquisitions[i].day - target).days),
+                                 acquisitions[i].date, acquisitions[i].collection))
+        cand = np.array(near)
+        score = np.where(used[:, cand], np.inf, np.stack([shares[i] for i in near], axis=1))
+        j = np.argmin(score, axis=1)
+        frac = score[rows, j]
+        left = (~used[:, cand]).sum(axis=1)
+        ok = left > 0
+        picks.available[:, k] = left
+        picks.best[ok, k] = cand[j[ok]]
+        picks.fraction[ok, k] = frac[ok]
+        take = ok & (frac * 100 <= opts.max_cloud)
+        picks.index[take, k] = cand[j[take]]
+        used[rows[take], cand[j[take]]] = True
+    return picks
+
+
 def choose_steps(
     acquisitions: Sequence[Acquisition],
     last: dt.date,
@@ -61,39 +159,12 @@ def choose_steps(
     invalid_fraction: Callable[[Acquisition], float],
     source_title: str = "",
 ) -> list[StepChoice]:
-    """Pick, for each target date, the acquisition with the least masked chip area.
+    """Pick, for each target date, the acquisition with the least masked chip area
+    (:func:`pick_steps` for one window).
 
-    Ties break on closeness to the target, then on the earlier date, then collection id.
-    An acquisition serves at most one step. ``invalid_fraction`` measures the masked share of
-    the chip window (so a scene that is cloudy elsewhere but clear over the chip wins).
+    ``invalid_fraction`` measures the masked share of the chip window (so a scene that is
+    cloudy elsewhere but clear over the chip wins).
     """
-    tol = opts.temporal_tolerance
-    used: set[str] = set()
-    cache: dict[str, float] = {}
-    out: list[StepChoice] = []
-    name = source_title or "source"
-    for k, target in enumerate(opts.targets(last)):
-        cands = [a for a in acquisitions
-                 if abs((a.day - target).days) <= tol and a.key not in used]
-        if not cands:
-            out.append(StepChoice(k, target, None, None,
-                                  f"no {name} item within ±{tol} days of {target} at step {k}"))
-            continue
-        scored = []
-        for a in cands:
-            if a.key not in cache:
-                cache[a.key] = invalid_fraction(a)
-            scored.append((round(cache[a.key], 9), abs((a.day - target).days), a.date,
-                           a.collection, a))
-        scored.sort(key=lambda s: s[:4])
-        best_frac, *_rest, best = scored[0]
-        if best_frac * 100 > opts.max_cloud:
-            out.append(StepChoice(
-                k, target, None, best_frac,
-                f"all {len(cands)} {name} acquisitions within ±{tol} days of {target} at step "
-                f"{k} exceed {opts.max_cloud:g}% masked over the chip (least: "
-                f"{best_frac * 100:.1f}% on {best.date})"))
-            continue
-        used.add(best.key)
-        out.append(StepChoice(k, target, best, best_frac))
-    return out
+    picks = pick_steps(acquisitions, last, opts,
+                       lambda a: np.array([invalid_fraction(a)]), 1, source_title)
+    return picks.step_choices(0)
