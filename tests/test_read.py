@@ -113,12 +113,12 @@ def test_close_datasets_closes_handles_and_reads_again_the_same(small_world):
     files = _other_zone_assets(small_world, grid.epsg)[:2]
     before = [read_asset(href, grid, fill=0) for href in files]
     handles = list(read_mod._DATASETS.open.values())
-    assert handles and read_mod._pixel_map.cache_info().currsize > 0
+    assert handles and read_mod.pixel_map.cache_info().currsize > 0
     assert set(files) <= set(read_mod.open_assets())
     read_mod.close_datasets()
     assert not read_mod._DATASETS.open and all(ds.closed for ds in handles)
     assert read_mod.open_assets() == []
-    assert read_mod._pixel_map.cache_info().currsize == 0
+    assert read_mod.pixel_map.cache_info().currsize == 0
     for href, arr in zip(files, before, strict=True):
         np.testing.assert_array_equal(read_asset(href, grid, fill=0), arr)
 

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
-from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.env import hasenv
 from rasterio.errors import RasterioError, RasterioIOError
@@ -30,6 +28,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from terrastill.data.grid import GridSpec
+from terrastill.data.pixelmap import pixel_map
 from terrastill.errors import AssetReadError
 from terrastill.io_http import call_with_retries, gdal_env, gdal_path, header_problem
 from terrastill.retry import RetryPolicy
@@ -150,7 +149,7 @@ def close_datasets() -> None:
     process. Long-lived processes can call it to give file handles back."""
     for href in list(_DATASETS.open):
         _DATASETS.drop(href)
-    _pixel_map.cache_clear()
+    pixel_map.cache_clear()
 
 
 def open_assets() -> list[str]:
@@ -229,14 +228,14 @@ def _read_part(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
 def _read_nearest(src: rasterio.DatasetReader, grid: GridSpec, band: int, fill: float,
                   out: np.ndarray, part: Box) -> None:
     """Nearest-neighbour reprojection of ``part`` of ``grid`` into ``out`` (the part's shape):
-    each pixel takes the source pixel containing its centre (exact transforms, as GDAL's
-    warper with a zero error threshold), through a pixel map computed once per source grid
-    and reused for every band and date sharing it."""
+    each pixel takes the source pixel containing its centre (the same pixel as GDAL's warper
+    with a zero error threshold), through a :func:`~terrastill.data.pixelmap.pixel_map`
+    computed once per source grid and reused for every band and date sharing it."""
     r0, r1, c0, c1 = part
     full = _covered_part(src, grid, None)
     assert full is not None
     key = (_crs_of(src)[1], tuple(src.transform)[:6], src.width, src.height)
-    mr0, mc0, rows, cols = _pixel_map(key, grid, full)
+    mr0, mc0, rows, cols = pixel_map(key, grid, full)
     rows = rows[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
     cols = cols[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
     inside = rows >= 0
@@ -251,31 +250,6 @@ def _read_nearest(src: rasterio.DatasetReader, grid: GridSpec, band: int, fill: 
         nodata = np.isnan(values) if np.isnan(src.nodata) else values == src.nodata
         values = np.where(nodata, np.asarray(fill, dtype=values.dtype), values)
     out[inside] = values
-
-
-@lru_cache(maxsize=32)
-def _pixel_map(src_key: tuple, grid: GridSpec, part: tuple[int, int, int, int]
-               ) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """(row0, col0, rows, cols): the source row and column holding the centre of each pixel of
-    ``part`` of ``grid`` (-1 where the source does not reach)."""
-    crs_wkt, transform, width, height = src_key
-    r0, r1, c0, c1 = part
-    cc, rr = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(r0, r1) + 0.5)
-    gt = grid.transform
-    xs, ys = gt.c + gt.a * cc + gt.b * rr, gt.f + gt.d * cc + gt.e * rr
-    x, y = _to_source(grid.epsg, crs_wkt).transform(xs, ys)
-    inv = ~Affine(*transform)
-    col = np.floor(inv.a * x + inv.b * y + inv.c)
-    row = np.floor(inv.d * x + inv.e * y + inv.f)
-    ok = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < width) & (row >= 0) \
-        & (row < height)
-    return (r0, c0, np.where(ok, row, -1).astype(np.int32),
-            np.where(ok, col, -1).astype(np.int32))
-
-
-@lru_cache(maxsize=16)
-def _to_source(epsg: int, crs_wkt: str) -> Transformer:
-    return Transformer.from_crs(f"EPSG:{epsg}", crs_wkt, always_xy=True)
 
 
 def read_asset(
