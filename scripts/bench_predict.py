@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from terrastill.bench.throughput import load_bench_model, measure
-from terrastill.data.read import close_datasets, open_assets
+from terrastill.data.read import MAX_OPEN_DATASETS, close_datasets, open_assets
 from terrastill.errors import NoImageryError
 from terrastill.inference.aoi import area_km2, bbox_aoi
 from terrastill.inference.predict import PredictRequest, predict, resolve_device
@@ -162,6 +162,10 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                                           device)
                     runs[kind].append(r.timings)
                 assets = open_assets()
+                if len(assets) >= MAX_OPEN_DATASETS:  # older ones were closed: too few
+                    Console(stderr=True).print(
+                        f"[yellow]{label}: the prediction opened {MAX_OPEN_DATASETS} files or "
+                        "more; bare reads count only the last ones (a lower bound)")
                 close_datasets()
                 bare.append(bare_read_seconds(assets))
             predicted = r.windows - skipped

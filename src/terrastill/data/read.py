@@ -113,10 +113,13 @@ def gdal_session() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if hasenv() else rasterio.Env(**gdal_env())
 
 
+MAX_OPEN_DATASETS = 512  # per thread; the least recently used is closed beyond it
+
+
 class _OpenDatasets(threading.local):
     """Per-thread LRU of open datasets: a scene asset is opened once, not once per chip."""
 
-    size = 512
+    size = MAX_OPEN_DATASETS
 
     def __init__(self) -> None:
         self.open: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
@@ -153,9 +156,9 @@ def close_datasets() -> None:
 
 
 def open_assets() -> list[str]:
-    """The hrefs of this thread's open datasets, least recently used first (at most
-    ``_OpenDatasets.size`` of them): which assets a run has read since
-    :func:`close_datasets`, for benchmarks and diagnostics."""
+    """The hrefs of this thread's open datasets, least recently used first: which assets a
+    run has read since :func:`close_datasets`, for benchmarks and diagnostics (all of them
+    while fewer than :data:`MAX_OPEN_DATASETS`; beyond that, the most recent ones)."""
     return list(_DATASETS.open)
 
 
