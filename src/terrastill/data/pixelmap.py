@@ -1,14 +1,15 @@
 """Source pixel under each target pixel's centre between two grids, exact but mostly interpolated.
 
 Nearest-neighbour reprojection needs, for every pixel of the target grid, the source pixel
-holding its centre. Transforming every centre with PROJ is exact but costs about 50 ns a
-point, the largest share of a cross-zone read. Here only a lattice of centres (every
-:data:`LATTICE` pixels) is transformed; the rest are interpolated bilinearly between them,
-which for the smooth maps between projections is off by far less than a pixel. To stay
-exact, the interpolation error is measured at the centre of every lattice cell, the map falls
-back to transforming every centre when it exceeds :data:`MAX_ERROR`, and every pixel whose
-interpolated source position lies within :data:`MARGIN` (ten times more) of a source pixel
-edge is transformed exactly, so no pixel can land on the wrong side of an edge.
+holding its centre. Transforming every centre with PROJ is exact but costs about 0.4 µs a
+point (UTM zone to UTM zone), the largest share of a cross-zone read. Here only a lattice
+of centres (every :data:`LATTICE` pixels) is transformed; the rest are interpolated
+bilinearly between them, which for the smooth maps between projections is off by far less
+than a pixel. To stay exact, the interpolation error is measured at the centre of every
+lattice cell, the map falls back to transforming every centre when it exceeds
+:data:`MAX_ERROR`, and every pixel whose interpolated source position lies within
+:data:`MARGIN` (ten times more) of a source pixel edge is transformed exactly, so no pixel
+can land on the wrong side of an edge.
 """
 
 from __future__ import annotations

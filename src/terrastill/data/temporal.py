@@ -60,8 +60,10 @@ class StepPicks:
     """The acquisition choice of many windows that share one candidate list.
 
     ``index[w, k]`` is the position in ``acquisitions`` of window ``w``'s choice for step
-    ``k`` (-1: none), ``fraction[w, k]`` the masked share of the best candidate (NaN when no
-    candidate was left), ``available[w, k]`` how many candidates were left for that step.
+    ``k`` (-1: none), ``best[w, k]`` the position of its least masked candidate (chosen
+    unless over the cloud limit; -1 when no candidate was left), ``fraction[w, k]`` that
+    candidate's masked share (NaN when none was left) and ``available[w, k]`` how many
+    candidates were left for that step.
     """
 
     def __init__(self, acquisitions: Sequence[Acquisition], targets: list[dt.date],
@@ -96,6 +98,7 @@ class StepPicks:
         return self.reason(w, int(missing[0])) if missing.size else ""
 
     def step_choices(self, w: int) -> list[StepChoice]:
+        """Window ``w``'s choice as one :class:`StepChoice` per step."""
         out = []
         for k, target in enumerate(self.targets):
             i, frac = self.index[w, k], self.fraction[w, k]
