@@ -29,6 +29,11 @@ COMMANDS = [
     ("serve", "serve", "serve"),
     ("bench", "bench", "bench"),
     ("demo", "demo", "demo"),
+    ("pretrain", "pretrain", "pretrain"),
+    ("embed", "embed", "embed"),
+    ("compress", "compress", "compress"),
+    ("decompress", "compress", "decompress"),
+    ("embed-bench", "embed_bench", "embed_bench"),
 ]
 
 for _name, _module, _func in COMMANDS:

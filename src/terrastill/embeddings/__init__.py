@@ -1,0 +1,1 @@
+"""Earth embeddings: pretraining, embedding products, compression and their benchmark."""
