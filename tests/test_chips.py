@@ -65,8 +65,9 @@ def test_dataset_folder_follows_the_contract(flood_chips):
             assert lab.dtypes[0] == "int16" and lab.nodata == -1
             assert set(np.unique(arr)) <= {-1, 0, 1} and (arr >= 0).sum() >= 1
     rejected = pd.read_csv(flood_chips / "rejected.csv")
-    assert list(rejected.columns) == ["source_row", "lon", "lat", "date", "label", "chip_id",
-                                      "reason"]
+    # row, chip and reason, then the input's own columns with their original values
+    assert list(rejected.columns) == ["source_row", "chip_id", "reason", "lon", "lat", "date",
+                                      "label"]
     assert rejected["reason"].notna().all()
 
 

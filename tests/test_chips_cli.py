@@ -60,9 +60,6 @@ BAD_CASES = {
                            "unsupported observations format"),
     "strict with bad rows": (lambda t, w: ["chips", w["bad_rows"]["flood"]["file"], "--strict"],
                              "row 27: missing or NaN coordinate"),  # line 28 of the file
-    "every row bad": (lambda t, w: ["chips", write(t, "a.csv", "lon,lat,date,label\n"
-                                                   "200,45,2024-06-01,land\n")],
-                      "no valid observations"),
     "chip size": (lambda t, w: ["chips", None, "--chip-size", "4"], "--chip-size 4"),
     "min valid": (lambda t, w: ["chips", None, "--min-valid", "1.5"], "--min-valid 1.5"),
     "label window": (lambda t, w: ["chips", None, "--label-window", "2"], "--label-window 2"),

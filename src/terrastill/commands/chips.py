@@ -46,7 +46,13 @@ def chips(
     label_col: str = typer.Option("label", "--label-col", help="Column of the label."),
     crs: str = typer.Option("EPSG:4326", "--crs", help="CRS of the coordinates."),
     date: str | None = typer.Option(None, "--date", help="One date for all rows."),
-    strict: bool = typer.Option(False, "--strict", help="Any bad row is an error (exit 2)."),
+    date_format: str | None = typer.Option(
+        None, "--date-format",
+        help="strptime format of the date column when it is not ISO 8601 (e.g. %d/%m/%Y)."),
+    strict: bool = typer.Option(
+        False, "--strict",
+        help="Any rejected row (bad row, conflict, no imagery, cloud) is an error: exit 2, "
+             "nothing written."),
     workers: int = typer.Option(0, "--workers", help="Local Dask worker processes (0: none)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Existing Dask scheduler."),
     split_block: float = typer.Option(3000.0, "--split-block", help="Split block size (m)."),
@@ -76,7 +82,8 @@ def chips(
     job = ChipJob(read=read, chip_size=chip_size, min_count=min_count, min_valid=min_valid,
                   label_window=label_window, max_scene_cloud=max_scene_cloud,
                   split_block=split_block, seed=seed)
-    obs_opts = ObservationOptions(lon_col, lat_col, date_col, label_col, crs, _csv(classes), date)
+    obs_opts = ObservationOptions(lon_col, lat_col, date_col, label_col, crs, _csv(classes), date,
+                                  date_format)
     command = shlex.join(["terrastill", *sys.argv[1:]]) if sys.argv else ""
     with progress_bar("chips", console) as bar:
         task = bar.add_task("chips", total=None)

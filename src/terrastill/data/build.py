@@ -118,6 +118,8 @@ def process_task(task: ChipTask, job: ChipJob, out: str, num_classes: int) -> di
     """
     root = Path(out)
     rec = _task_record(task)
+    if task.reason:
+        return {**rec, "status": "rejected", "reason": task.reason}
     try:
         chip = read_chip(task.grid, task.date, task.items, job.read)
     except NoImageryError as exc:
@@ -133,11 +135,18 @@ def process_task(task: ChipTask, job: ChipJob, out: str, num_classes: int) -> di
                           f"(--min-valid {job.min_valid:.0%})"}
     if task.label_raster:
         labels = raster_labels(task.label_raster, task.grid, num_classes)
-        if not (labels >= 0).any():
-            return {**rec, "status": "rejected", "reason": "no labelled pixel in the chip"}
     else:
         labels = burn_labels(task.grid, [wkt.loads(g) for g in task.geoms_wkt], task.labels,
                              job.label_window)
+    if not (labels >= 0).any():
+        return {**rec, "status": "rejected",
+                "reason": "no labelled pixel in the chip (its labels cover no pixel centre)"}
+    # training can only use a labelled pixel with data at every step: the others are ignored
+    labels[~np.isfinite(chip.array).all(axis=(0, 1))] = -1
+    if not (labels >= 0).any():
+        return {**rec, "status": "rejected",
+                "reason": "no labelled pixel has valid data at every step (cloud, shadow, "
+                          "nodata or fill at some step)"}
     steps = chip.step_records()
     band_tags = [{"date": steps[t]["date"], "items": ",".join(steps[t]["items"])}
                  for t in range(len(steps)) for _ in chip.bands]
@@ -241,23 +250,31 @@ def make_chips(
         obs, tasks, group_rejects = _label_raster_plan(Path(observations), job, obs_opts)
     else:
         obs = load_observations(observations, obs_opts)
+        for note in obs.notes:
+            log.warning("%s: %s", observations, note)
         if strict and (err := strict_error(obs)) is not None:
             raise err
         if len(obs) == 0:
-            raise BadInputError(f"{observations}: no valid observations "
-                                f"({len(obs.rejected)} rows rejected; first: "
-                                f"{obs.rejected.iloc[0].reason if len(obs.rejected) else '-'})")
+            _all_rejected(out, obs, obs.rejected)
         tasks, group_rejects = group_observations(obs, job.chip_size, job.resolution,
                                                   job.min_count)
+        if strict and group_rejects:
+            first = group_rejects[0]
+            raise BadInputError(f"{observations}: row {first['source_row']}: {first['reason']}"
+                                + _more(len(group_rejects)) + " (--strict)")
     cat = open_catalog(catalog)
     collections = catalog_collections(cat, job.read)
     attach_items(tasks, cat, collections, job.read, job.max_scene_cloud)
+    if strict and (planned := [t for t in tasks if t.reason]):
+        raise BadInputError(f"{observations}: row {planned[0].rows[0]}: {planned[0].reason}"
+                            + _more(len(planned)) + " (--strict)")
 
     run = {"observations": str(Path(observations).resolve()), "catalog": catalog,
            "class_names": obs.class_names, "job": job.to_dict()}
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
     _check_run_file(out, run, overwrite)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / RUN_FILE, json.dumps(run, sort_keys=True, indent=1))
@@ -272,8 +289,11 @@ def make_chips(
     skipped = len(tasks) - len(todo)
     num_classes = len(obs.class_names)
     completed = [skipped]
+    before = set(done)
 
     def on_done(rec: dict) -> None:
+        if strict and rec["status"] != "ok":
+            raise _StrictStop(rec)
         _save_record(out, rec)
         done[rec["id"]] = rec
         completed[0] += 1
@@ -282,12 +302,62 @@ def make_chips(
 
     if progress:
         progress(skipped, len(tasks))
-    _run_tasks(todo, job, out, num_classes, workers, scheduler, on_done)
+    try:
+        _run_tasks(todo, job, out, num_classes, workers, scheduler, on_done)
+    except _StrictStop as stop:
+        _undo(out, before, created)
+        rec = stop.record
+        raise BadInputError(f"{observations}: row {rec['rows'][0] if rec['rows'] else '-'} "
+                            f"(chip {rec['id']}): {rec['reason']} (--strict: nothing was "
+                            "written)") from None
     records = [done[t.chip_id] for t in tasks]
     dataset = finalize(out, records, obs.rejected, group_rejects, obs.class_names, job,
-                       catalog, command)
+                       catalog, command, obs=obs)
+    if dataset["counts"]["chips"] == 0:
+        n = dataset["counts"]["rejected_rows"]
+        for name in ("index.parquet", "dataset.json"):
+            (out / name).unlink(missing_ok=True)
+        raise BadInputError(f"no chips: all {n} rows rejected, see {out / 'rejected.csv'}")
     return ChipsResult(out, dataset["counts"]["chips"], dataset["counts"]["rejected_rows"],
                        skipped, dataset)
+
+
+class _StrictStop(Exception):
+    """A chip was rejected under ``--strict``: the run stops and undoes its writes."""
+
+    def __init__(self, record: dict):
+        super().__init__(record.get("reason", ""))
+        self.record = record
+
+
+def _more(n: int) -> str:
+    return f" (and {n - 1} more)" if n > 1 else ""
+
+
+def _undo(out: Path, keep: set[str], created: bool) -> None:
+    """Remove what this run wrote: the whole folder if it made it, else every chip, label and
+    record but those of earlier runs (``keep``), workers' in-flight chips included."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for sub in ("chips", "labels", "records"):
+        for p in (out / sub).glob("*"):
+            if p.stem not in keep:
+                p.unlink(missing_ok=True)
+
+
+def _all_rejected(out: Path, obs: Observations, rejects: pd.DataFrame) -> None:
+    """Every row was rejected while validating: keep rejected.csv, say so, exit 2."""
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "rejected.csv") as tmp:
+            obs.rejected_csv(rejects).to_csv(tmp, index=False)
+    except PermissionError as exc:
+        raise BadInputError(f"{out}: cannot write here ({exc.strerror})") from exc
+    raise BadInputError(f"no chips: all {len(rejects)} rows rejected, see "
+                        f"{out / 'rejected.csv'}")
 
 
 def _label_raster_plan(path: Path, job: ChipJob, opts: ObservationOptions):
@@ -363,8 +433,12 @@ def _rejects_frame(row_rejects: pd.DataFrame, group_rejects: list[dict],
 
 def finalize(out: Path, records: list[dict], row_rejects: pd.DataFrame,
              group_rejects: list[dict], class_names: list[str], job: ChipJob, catalog: str,
-             command: str, split_seed: int | None = None) -> dict:
-    """Write ``index.parquet``, ``rejected.csv`` and ``dataset.json`` from the chip records."""
+             command: str, split_seed: int | None = None,
+             obs: Observations | None = None) -> dict:
+    """Write ``index.parquet``, ``rejected.csv`` and ``dataset.json`` from the chip records.
+
+    ``obs`` (the observations as loaded for this run) gives rejected rows their original
+    columns; without it they are re-read with default options."""
     records = sorted(records, key=lambda r: r["id"])
     ok = [r for r in records if r["status"] == "ok"]
     bad = [r for r in records if r["status"] != "ok"]
@@ -374,12 +448,12 @@ def finalize(out: Path, records: list[dict], row_rejects: pd.DataFrame,
                                        job.seed if split_seed is None else split_seed)
     else:
         index["split"] = pd.Series(dtype=object)
-    obs_lookup = _obs_lookup(out)
+    obs_lookup = _obs_lookup(out) if obs is None else _lookup(obs)
     rejects = _rejects_frame(row_rejects, group_rejects, bad, obs_lookup)
     dataset = dataset_json(out, index, rejects, class_names, job, catalog, command)
     write_index(out, index)
     with atomic_path(out / "rejected.csv") as tmp:
-        rejects.to_csv(tmp, index=False)
+        (obs.rejected_csv(rejects) if obs is not None else rejects).to_csv(tmp, index=False)
     write_text_atomic(out / "dataset.json", json.dumps(dataset, indent=2, sort_keys=False))
     return dataset
 
@@ -390,6 +464,10 @@ def _obs_lookup(out: Path) -> dict[int, dict]:
         obs = load_observations(run["observations"], None)
     except BadInputError:
         return {}
+    return _lookup(obs)
+
+
+def _lookup(obs: Observations) -> dict[int, dict]:
     return {int(r.source_row): {"lon": r.lon, "lat": r.lat, "label": r.label_name}
             for r in obs.table.itertuples(index=False)}
 

@@ -61,7 +61,7 @@ class GridSpec:
 
     def part(self, row0: int, row1: int, col0: int, col1: int) -> GridSpec:
         """The sub-grid of rows [row0, row1) and columns [col0, col1), on the same pixels."""
-        return GridSpec(self.epsg, self.transform * Affine.translation(col0, row0),
+        return GridSpec(self.epsg, self.transform @ Affine.translation(col0, row0),
                         col1 - col0, row1 - row0)
 
     def offset_of(self, grid: GridSpec) -> tuple[int, int] | None:

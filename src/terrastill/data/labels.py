@@ -20,10 +20,12 @@ def burn_labels(
     window: int = 1,
 ) -> np.ndarray:
     """An int16 label chip: each point's class at its pixel (a ``window``² square), polygons
-    filled, everything else -1. Later rows win where labels overlap."""
+    filled (pixels whose centre they hold), everything else -1.
+
+    Precedence: geometries are burnt in row order, so where labels overlap the later row
+    wins, whether it is a point or a polygon."""
     out = np.full((grid.height, grid.width), IGNORE, dtype=np.int16)
     half = max(0, (window - 1) // 2)
-    shapes = []
     for geom, label in zip(geoms_lonlat, labels, strict=True):
         g = to_crs(geom, 4326, grid.epsg)
         if g.geom_type == "Point":
@@ -32,12 +34,10 @@ def burn_labels(
             c0, c1 = max(0, c - half), min(grid.width, c + half + 1)
             if r0 < r1 and c0 < c1:
                 out[r0:r1, c0:c1] = label
-        else:
-            shapes.append((g, int(label)))
-    if shapes:
-        poly = rasterize(shapes, out_shape=out.shape, transform=grid.transform, fill=IGNORE,
-                         dtype="int16")
-        out = np.where(poly != IGNORE, poly, out).astype(np.int16)
+            continue
+        inside = rasterize([(g, 1)], out_shape=out.shape, transform=grid.transform, fill=0,
+                           dtype="uint8").astype(bool)
+        out[inside] = int(label)
     return out
 
 

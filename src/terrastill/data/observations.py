@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,11 @@ from terrastill.errors import BadInputError, NotFoundError
 log = logging.getLogger(__name__)
 
 REJECT_COLUMNS = ["source_row", "lon", "lat", "date", "label", "chip_id", "reason"]
+# rejected.csv: these, then every column of the input file with its original value
+REJECTED_CSV_LEAD = ["source_row", "chip_id", "reason"]
+# ISO 8601 calendar dates, alone or with a time (and zone): 2024-08-03, 2024-08-03T10:00Z
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}"
+                       r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class ObservationOptions:
     crs: str = "EPSG:4326"
     classes: Sequence[str] | None = None
     date: str | None = None  # one date for every row (tables without a date column)
+    date_format: str | None = None  # strptime format for non-ISO dates (e.g. %d/%m/%Y)
 
 
 @dataclass
@@ -43,9 +51,60 @@ class Observations:
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECT_COLUMNS))
     class_names: list[str] = field(default_factory=list)
     path: str = ""
+    # every input row as read (geometry as WKT), indexed by source_row, for rejected.csv
+    original: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def rejected_csv(self, rejects: pd.DataFrame) -> pd.DataFrame:
+        """``rejects`` (REJECT_COLUMNS rows) as rejected.csv: row, chip, reason and then every
+        original column of the row with its original value."""
+        lead = rejects.reindex(columns=REJECTED_CSV_LEAD).reset_index(drop=True)
+        if self.original.empty:
+            return lead
+        orig = self.original.rename(columns={c: f"input_{c}" for c in self.original.columns
+                                             if c in REJECTED_CSV_LEAD})
+        rows = orig.reindex(lead["source_row"].astype("int64").to_numpy())
+        return pd.concat([lead, rows.reset_index(drop=True)], axis=1)
+
+
+def parse_date(raw: object, fmt: str | None = None) -> dt.date | None:
+    """The calendar date of ``raw``: ISO 8601 (``YYYY-MM-DD`` or an ISO datetime, converted to
+    UTC), or ``fmt`` (a strptime format) when given; None when it is neither."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    if isinstance(raw, pd.Timestamp):
+        return None if pd.isna(raw) else (raw.tz_convert("UTC") if raw.tzinfo else raw).date()
+    if isinstance(raw, dt.datetime):
+        return (raw.astimezone(dt.UTC) if raw.tzinfo else raw).date()
+    if isinstance(raw, dt.date):
+        return raw
+    text = str(raw).strip()
+    if fmt:
+        try:
+            parsed = dt.datetime.strptime(text, fmt)
+        except ValueError:
+            return None
+        return (parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed).date()
+    if not _ISO_DATE.match(text):
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        return None
+    return (ts.tz_convert("UTC") if ts.tzinfo else ts).date()
+
+
+def _original_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The input rows as plain values (geometries as WKT), indexed by 1-based data row."""
+    orig = pd.DataFrame(df).copy()
+    for col in orig.columns:
+        if isinstance(orig[col].dtype, gpd.array.GeometryDtype):
+            orig[col] = [None if g is None else g.wkt for g in orig[col]]
+    orig.index = pd.RangeIndex(1, len(orig) + 1, name="source_row")
+    return orig
 
 
 def _read_table(path: Path, opts: ObservationOptions) -> tuple[pd.DataFrame, bool]:
@@ -126,9 +185,18 @@ def load_observations(path: str | Path, opts: ObservationOptions | None = None) 
     geographic = crs.is_geographic
     fixed_date = None
     if opts.date is not None:
-        fixed_date = pd.to_datetime(opts.date, errors="coerce")
-        if pd.isna(fixed_date):
+        fixed_date = parse_date(opts.date)
+        if fixed_date is None:
             raise BadInputError(f"--date: {opts.date!r} is not an ISO date (expected YYYY-MM-DD)")
+    original = _original_rows(df)
+    # exact duplicates (every column equal) count once
+    first_of: dict[tuple, int] = {}
+    duplicate_of: dict[int, int] = {}
+    for i, key in enumerate(original.astype(str).itertuples(index=False, name=None), start=1):
+        if key in first_of:
+            duplicate_of[i] = first_of[key]
+        else:
+            first_of[key] = i
 
     good: list[dict] = []
     bad: list[dict] = []
@@ -141,6 +209,10 @@ def load_observations(path: str | Path, opts: ObservationOptions | None = None) 
 
         def reject(reason: str, out: dict = out) -> None:
             bad.append({**out, "reason": reason})
+
+        if i in duplicate_of:
+            reject(f"exact duplicate of row {duplicate_of[i]} (counted once)")
+            continue
 
         geom: BaseGeometry | None = None
         if geom_col:
@@ -175,12 +247,12 @@ def load_observations(path: str | Path, opts: ObservationOptions | None = None) 
             continue
         out["lon"], out["lat"] = round(lon, 9), round(lat, 9)
 
-        d = pd.to_datetime(raw_date, errors="coerce", utc=True) if raw_date is not None else None
-        if d is None or pd.isna(d):
-            reject(f"unparsable date {raw_date!r} in column {opts.date_col!r} "
-                   "(expected ISO 8601, e.g. 2024-05-01)")
+        day = parse_date(raw_date, opts.date_format)
+        if day is None:
+            want = (f"--date-format {opts.date_format}" if opts.date_format else
+                    "ISO 8601, e.g. 2024-05-01; --date-format names another format")
+            reject(f"unparsable date {raw_date!r} in column {opts.date_col!r} (expected {want})")
             continue
-        day = d.date()
         out["date"] = day.isoformat()
 
         if raw_label is None or (isinstance(raw_label, float) and math.isnan(raw_label)):
@@ -226,7 +298,13 @@ def load_observations(path: str | Path, opts: ObservationOptions | None = None) 
     rejected = pd.DataFrame(bad, columns=REJECT_COLUMNS)
     if len(bad):
         log.info("%s: %d of %d rows rejected", path, len(bad), len(df))
-    return Observations(table=table, rejected=rejected, class_names=class_names, path=str(path))
+    notes = []
+    if duplicate_of:
+        notes.append(f"{len(duplicate_of)} exact duplicate row(s) counted once "
+                     f"(first: row {min(duplicate_of)} repeats row "
+                     f"{duplicate_of[min(duplicate_of)]})")
+    return Observations(table=table, rejected=rejected, class_names=class_names, path=str(path),
+                        original=original, notes=notes)
 
 
 def _infer_classes(labels: set[str]) -> list[str]:

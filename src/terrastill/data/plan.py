@@ -32,6 +32,7 @@ class ChipTask:
     labels: list[int]
     items: list[dict] = field(default_factory=list)
     label_raster: str | None = None  # labels come from this raster instead of observations
+    reason: str = ""  # why the chip cannot be made, known while planning ("" when it can)
 
 
 @dataclass
@@ -64,30 +65,57 @@ def catalog_collections(catalog: Catalog, opts: ReadOptions) -> tuple[str, ...]:
 
 def group_observations(obs: Observations, chip_size: int, resolution: float,
                        min_count: int) -> tuple[list[ChipTask], list[dict]]:
-    """Put observations falling in the same chip cell on the same date into one task."""
+    """Put observations falling in the same chip cell on the same date into one task.
+
+    Points that fall on one pixel on one date with different labels contradict each other:
+    all of them are rejected as a conflict (whatever their order)."""
     groups: dict[tuple[int, int, int, str], list[int]] = defaultdict(list)
     table = obs.table.reset_index(drop=True)
+    pixel_of: dict[int, tuple[int, int]] = {}
     for i, rec in enumerate(table.itertuples(index=False)):
         epsg = utm_epsg(rec.lon, rec.lat)
         cg = ChipGrid(epsg, chip_size, resolution)
         geom_utm = to_crs(rec.geometry, 4326, epsg)
         if rec.geometry.geom_type == "Point":
             cells = [cg.cell_of(geom_utm.x, geom_utm.y)]
+            pixel_of[i] = cg.spec(*cells[0]).pixel_of(geom_utm.x, geom_utm.y)
         else:
             cells = cg.cells_covering(geom_utm)
         for col, row in cells:
             groups[(epsg, col, row, rec.date)].append(i)
     tasks, rejected = [], []
+
+    def reject(rec: object, cid: str, reason: str) -> None:
+        rejected.append({"source_row": rec.source_row, "lon": rec.lon, "lat": rec.lat,
+                         "date": rec.date, "label": rec.label_name, "chip_id": cid,
+                         "reason": reason})
+
     for (epsg, col, row, day), idx in sorted(groups.items()):
         date = dt.date.fromisoformat(day)
         cid = chip_id(epsg, col, row, date)
+        by_pixel: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i in idx:
+            if i in pixel_of:
+                by_pixel[pixel_of[i]].append(i)
+        clash = set()
+        for pix, members in by_pixel.items():
+            labels = {table.label_name[i] for i in members}
+            if len(labels) > 1:
+                rows = sorted(int(table.source_row[i]) for i in members)
+                for i in members:
+                    reject(table.iloc[i], cid,
+                           f"conflict: rows {', '.join(map(str, rows))} give pixel "
+                           f"(row {pix[0]}, col {pix[1]}) of chip {cid} on {day} different "
+                           f"labels ({', '.join(sorted(labels))})")
+                clash.update(members)
+        idx = [i for i in idx if i not in clash]
+        if not idx:
+            continue
         sub = table.iloc[idx]
         if len(idx) < min_count:
             for rec in sub.itertuples(index=False):
-                rejected.append({"source_row": rec.source_row, "lon": rec.lon, "lat": rec.lat,
-                                 "date": rec.date, "label": rec.label_name, "chip_id": cid,
-                                 "reason": f"only {len(idx)} observation(s) in chip {cid} "
-                                           f"(--min-count {min_count})"})
+                reject(rec, cid, f"only {len(idx)} observation(s) in chip {cid} "
+                                 f"(--min-count {min_count})")
             continue
         grid = ChipGrid(epsg, chip_size, resolution).spec(col, row)
         tasks.append(ChipTask(cid, grid, date, [int(r) for r in sub.source_row],
@@ -120,20 +148,54 @@ def raster_tasks(path: str | Path, day: dt.date, chip_size: int,
 def attach_items(tasks: list[ChipTask], catalog: Catalog, collections: tuple[str, ...],
                  opts: ReadOptions, max_scene_cloud: float | None = None) -> None:
     """Search the catalogue once per observation date (union of that date's chips) and give
-    each task the items intersecting it."""
+    each task the items intersecting it. A task that no item's footprint covers on any date
+    gets that as its ``reason`` (rather than a date search that finds nothing)."""
     by_date: dict[dt.date, list[ChipTask]] = defaultdict(list)
     for t in tasks:
         by_date[t.date].append(t)
     for day, group in sorted(by_date.items()):
         start, end = opts.temporal.search_window(day)
-        boxes = [t.grid.lonlat_bounds() for t in group]
-        bbox = (min(b[0] for b in boxes), min(b[1] for b in boxes),
-                max(b[2] for b in boxes), max(b[3] for b in boxes))
-        search = Search(collections, bbox,
+        search = Search(collections, _union_bounds([t.grid.lonlat_bounds() for t in group]),
                         dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
                         dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC),
                         max_scene_cloud)
         items = [it.to_dict(transform_hrefs=False) for it in catalog.search(search)]
         for t in group:
             t.items = items_over(items, t.grid)
+    uncovered = [t for t in tasks if not t.items and not t.label_raster]
+    if uncovered:
+        _explain_uncovered(uncovered, catalog, collections, opts)
 
+
+def _union_bounds(boxes: list[tuple[float, float, float, float]]) -> tuple[float, ...]:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+EXPLAIN_DAYS = 183  # how far from its date a chip's coverage is looked for
+
+
+def _explain_uncovered(tasks: list[ChipTask], catalog: Catalog, collections: tuple[str, ...],
+                       opts: ReadOptions) -> None:
+    """Tell chips outside every item's footprint from chips that only lack an acquisition
+    near their date: one search per date over that date's uncovered chips, ±6 months."""
+    by_date: dict[dt.date, list[ChipTask]] = defaultdict(list)
+    for t in tasks:
+        by_date[t.date].append(t)
+    name = opts.profile.name.upper()
+    for day, group in sorted(by_date.items()):
+        span = dt.timedelta(days=EXPLAIN_DAYS)
+        search = Search(collections, _union_bounds([t.grid.lonlat_bounds() for t in group]),
+                        dt.datetime.combine(day - span, dt.time.min, tzinfo=dt.UTC),
+                        dt.datetime.combine(day + span, dt.time.max, tzinfo=dt.UTC))
+        items = [it.to_dict(transform_hrefs=False) for it in catalog.search(search)]
+        for t in group:
+            if not items_over(items, t.grid):
+                t.reason = (f"outside the footprint of every {name} item within "
+                            f"±{EXPLAIN_DAYS} days of {day} (chip {t.chip_id} at "
+                            f"{_centre(t.grid)})")
+
+
+def _centre(grid: GridSpec) -> str:
+    b = grid.lonlat_bounds()
+    return f"lon {(b[0] + b[2]) / 2:.5f}, lat {(b[1] + b[3]) / 2:.5f}"

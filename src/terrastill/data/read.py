@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import threading
@@ -26,6 +27,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
+from shapely.geometry import box, shape
 
 from terrastill.data.grid import GridSpec
 from terrastill.data.pixelmap import pixel_map
@@ -81,8 +83,8 @@ def _covered_part(src: rasterio.DatasetReader, grid: GridSpec, todo: np.ndarray 
     grid, at a fraction of the cost."""
     left, bottom, right, top = _bounds_in(_crs_of(src)[1], tuple(src.bounds), grid.epsg)
     inv = ~grid.transform
-    c0, r0 = inv * (left, top)
-    c1, r1 = inv * (right, bottom)
+    c0, r0 = inv @ (left, top)
+    c1, r1 = inv @ (right, bottom)
     r0, c0 = max(0, math.floor(r0) - margin), max(0, math.floor(c0) - margin)
     r1 = min(grid.height, math.ceil(r1) + margin)
     c1 = min(grid.width, math.ceil(c1) + margin)
@@ -347,17 +349,46 @@ def _item_epsg(props: dict) -> int | None:
 
 
 def _hrefs(acq: Acquisition, profile: SourceProfile, band: str,
-           epsg: int | None = None) -> list[tuple[str, dict]]:
-    """(href, item properties) per item of the acquisition that carries ``band``, in mosaic
-    order: items on the target grid's own CRS first (no resampling), then the others, each
-    group in id order."""
+           epsg: int | None = None) -> list[tuple[str, dict, dict]]:
+    """(href, item properties, item) per item of the acquisition that carries ``band``, in
+    mosaic order: items on the target grid's own CRS first (no resampling), then the others,
+    each group in id order."""
     out = []
     items = sorted(acq.items, key=lambda it: (_item_epsg(it["properties"]) != epsg, it["id"]))
     for it in items:
         key = profile.asset_key(it["assets"], band)
         if key is not None:
-            out.append((it["assets"][key]["href"], it["properties"]))
+            out.append((it["assets"][key]["href"], it["properties"], it))
     return out
+
+
+def _check_footprint(href: str, item: dict) -> None:
+    """Raise a (non-transient) :class:`AssetReadError` when the raster at ``href`` does not
+    overlap its item's footprint at all: the item says it covers a place its asset does not
+    (a wrong href, a mislabelled tile), which must not pass as "not covered"."""
+    geometry = item.get("geometry")
+    if not geometry:
+        return
+    problem = _footprint_problem(href, json.dumps(geometry, sort_keys=True))
+    if problem:
+        raise AssetReadError(f"{href}: asset of item {item.get('id')!r} {problem}")
+
+
+@lru_cache(maxsize=4096)
+def _footprint_problem(href: str, geometry_json: str) -> str:
+    def bounds(src: rasterio.DatasetReader) -> tuple[float, float, float, float] | None:
+        crs = _crs_of(src)[1]
+        return _bounds_in(crs, tuple(src.bounds), 4326) if crs else None
+
+    got = call_with_retries(href, lambda: _read_once(href, bounds))
+    if got is None:
+        return ""
+    footprint = shape(json.loads(geometry_json))
+    if box(*got).intersects(footprint):
+        return ""
+    fb = ", ".join(f"{v:.4f}" for v in footprint.bounds)
+    return (f"does not overlap the item's footprint (raster bounds "
+            f"{', '.join(f'{v:.4f}' for v in got)} vs footprint {fb}, lon/lat)")
 
 
 def read_qa(acq: Acquisition, profile: SourceProfile, grid: GridSpec,
@@ -375,20 +406,23 @@ def read_qa(acq: Acquisition, profile: SourceProfile, grid: GridSpec,
     if not qa_items:
         # No QA asset: coverage comes from the first band's nodata.
         first = profile.band_names[0]
-        for href, _props in _hrefs(acq, profile, first, grid.epsg):
+        for href, _props, item in _hrefs(acq, profile, first, grid.epsg):
             if covered.all():
                 break
             got = read_asset_part(href, grid, fill=_fill(profile), todo=~covered)
-            if got is not None:
+            if got is None:
+                _check_footprint(href, item)
+            else:
                 box_, dn = got
                 covered[_slices(box_)] |= _valid_dn(dn, profile)
         return ~covered, flagged
     qa_fill = profile.qa_nodata if profile.qa_nodata is not None else 0
-    for href, _props in qa_items:
+    for href, _props, item in qa_items:
         if covered.all():
             break
         got = read_asset_part(href, grid, fill=qa_fill, todo=~covered)
         if got is None:
+            _check_footprint(href, item)
             continue
         box_, qa = got
         cov = covered[_slices(box_)]  # views: updated in place
@@ -439,13 +473,14 @@ def read_acquisition(
     for b, band in enumerate(bands):
         filled = skip.copy()
         hrefs[band] = []
-        for href, props in _hrefs(acq, profile, band, grid.epsg):
+        for href, props, item in _hrefs(acq, profile, band, grid.epsg):
             if filled.all():
                 break  # the items left could only fill pixels that are already filled
             got = read_asset_part(href, grid, fill=_fill(profile), resampling=resampling,
                                   todo=~filled)
             hrefs[band].append(href)
             if got is None:
+                _check_footprint(href, item)
                 continue
             box_, dn = got
             done = filled[_slices(box_)]  # views: updated in place
@@ -454,7 +489,7 @@ def read_acquisition(
                 np.copyto(out[b][_slices(box_)], profile.to_reflectance(dn, props), where=here)
                 done |= here
         invalid = invalid | ~filled
-    hrefs["qa"] = [h for h, _props in _hrefs(acq, profile, "qa", grid.epsg)]
+    hrefs["qa"] = [h for h, _props, _item in _hrefs(acq, profile, "qa", grid.epsg)]
     np.copyto(out, np.float32(np.nan), where=invalid)
     n = invalid.size
     return StepRead(out, float(invalid.sum()) / n, float(cloud.sum()) / n, acq, hrefs)
