@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.warp import transform_bounds
 from shapely.ops import unary_union
 
@@ -106,7 +106,7 @@ def fake_predict(
     left, top = np.floor(left / res) * res, np.ceil(top / res) * res
     width = int(np.ceil((right - left) / res))
     height = int(np.ceil((top - bottom) / res))
-    transform = from_origin(left, top, res, res)
+    transform = Affine(res, 0.0, left, 0.0, -res, top)
     xs = left + (np.arange(width) + 0.5) * res
     mid_x = transform_bounds("EPSG:4326", f"EPSG:{epsg}", cx, cy, cx, cy)[0]
     east = np.broadcast_to(xs >= mid_x, (height, width))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 
 BANDS = ["blue", "green", "red", "nir_narrow", "swir1", "swir2"]
 WATER = np.array([0.07, 0.09, 0.06, 0.03, 0.015, 0.01], dtype=np.float32)
@@ -74,7 +74,7 @@ def write_chip_folder(
             label = water.astype(np.int16)
             label[0, :3] = -1
             ldtype, lnodata = "int16", -1
-        transform = from_origin(500000 + i * size * 30, 4000000, 30, 30)
+        transform = Affine(30, 0.0, 500000 + i * size * 30, 0.0, -30, 4000000)
         profile = {"driver": "GTiff", "height": size, "width": size, "crs": "EPSG:32633",
                    "transform": transform}
         with rasterio.open(root / "chips" / f"{cid}.tif", "w", count=arr.shape[0],

@@ -558,8 +558,8 @@ def make_tiny_catalog(folder: str | os.PathLike[str], size: int = 32) -> Path:
     import numpy as np
     import pystac
     import rasterio
+    from affine import Affine
     from pyproj import Transformer
-    from rasterio.transform import from_origin
 
     folder = Path(folder)
     (folder / "assets").mkdir(parents=True, exist_ok=True)
@@ -570,7 +570,7 @@ def make_tiny_catalog(folder: str | os.PathLike[str], size: int = 32) -> Path:
     k = 0
     for cid, days in (("tiny-hls", range(1, 29, 3)), ("tiny-s2", range(2, 29, 5))):
         for tile, (x0, y0) in TINY_TILES.items():
-            transform = from_origin(x0, y0, res, res)
+            transform = Affine(res, 0.0, x0, 0.0, -res, y0)
             xs = [x0, x0 + size * res, x0 + size * res, x0, x0]
             ys = [y0, y0, y0 - size * res, y0 - size * res, y0]
             lon, lat = to_ll.transform(xs, ys)

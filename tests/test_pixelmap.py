@@ -1,4 +1,4 @@
-"""Pixel maps between grids: interpolated from a lattice, yet the same pixels as exact transforms."""
+"""Pixel maps between grids: interpolated from a lattice, the same pixels as exact transforms."""
 
 from __future__ import annotations
 

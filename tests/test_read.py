@@ -101,7 +101,7 @@ def test_part_reads_are_the_whole_read_inside_their_box(small_world):
         assert not whole[outside].any()
         partial += (r1 - r0) * (c1 - c0) < grid.width * grid.height
     assert partial >= 2  # the box is smaller than the grid where the asset ends
-    far = GridSpec(grid.epsg, grid.transform * Affine.translation(0, -10_000), 8, 8)
+    far = GridSpec(grid.epsg, grid.transform @ Affine.translation(0, -10_000), 8, 8)
     assert read_asset_part(same_zone[0], far, fill=0) is None
     assert not read_asset(same_zone[0], far, fill=0).any()
 
