@@ -130,6 +130,13 @@ def fake_predict(
     )
 
 
+def local_client(app: Any, **kw: Any) -> Any:
+    """A TestClient whose requests name ``localhost`` (the server's default allowed host)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://localhost", **kw)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

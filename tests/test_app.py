@@ -14,7 +14,6 @@ import morecantile
 import numpy as np
 import pytest
 import rasterio
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from app_support import (
@@ -23,6 +22,7 @@ from app_support import (
     fake_card,
     fake_predict,
     hex_rgb,
+    local_client,
     make_models,
     running_server,
 )
@@ -82,7 +82,7 @@ def check_class_tile(get, job_id: str) -> None:
 
 
 def test_models_and_health(tmp_path):
-    with TestClient(make_app(tmp_path)) as c:
+    with local_client(make_app(tmp_path)) as c:
         h = c.get("/api/health").json()
         assert h["status"] == "ok" and h["models"] == 2 and h["auth"] is False
         models = {m["name"]: m for m in c.get("/api/models").json()}
@@ -97,7 +97,7 @@ def test_models_and_health(tmp_path):
 
 
 def test_submit_progress_done_tiles_download(tmp_path):
-    with TestClient(make_app(tmp_path, predict=_predict(delay=0.05))) as c:
+    with local_client(make_app(tmp_path, predict=_predict(delay=0.05))) as c:
         r = c.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
@@ -148,7 +148,7 @@ def test_submit_progress_done_tiles_download(tmp_path):
 
 
 def test_multiple_boxes_and_geojson(tmp_path):
-    with TestClient(make_app(tmp_path)) as c:
+    with local_client(make_app(tmp_path)) as c:
         two = [AOI, [10.1, 45.0, 10.12, 45.02]]
         r = c.post("/api/jobs", json={"aois": two, "date": "2024-06-01", "model": "teacher"})
         assert r.status_code == 201, r.text
@@ -201,7 +201,7 @@ def test_multiple_boxes_and_geojson(tmp_path):
     ],
 )
 def test_bad_requests_say_why(tmp_path, body, status, words):
-    with TestClient(make_app(tmp_path)) as c:
+    with local_client(make_app(tmp_path)) as c:
         r = c.post("/api/jobs", json=body)
         assert r.status_code == status, r.text
         assert words in r.text
@@ -209,25 +209,25 @@ def test_bad_requests_say_why(tmp_path, body, status, words):
 
 
 def test_aoi_limit_is_configurable(tmp_path):
-    with TestClient(make_app(tmp_path, max_aoi_km2=1.0)) as c:
+    with local_client(make_app(tmp_path, max_aoi_km2=1.0)) as c:
         r = c.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
         assert r.status_code == 422 and "1.0 km²" in r.json()["detail"]
 
 
 def test_failed_jobs_carry_the_message(tmp_path):
-    with TestClient(make_app(tmp_path, predict=_predict(fail="noimagery"))) as c:
+    with local_client(make_app(tmp_path, predict=_predict(fail="noimagery"))) as c:
         r = c.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
         st = wait_done(c, r.json()["id"])
         assert st["status"] == "failed" and "nearest: 2024-07-02" in st["error"]
         assert c.get(f"/api/jobs/{st['id']}/tiles/1/0/0.png").status_code == 409
-    with TestClient(make_app(tmp_path / "b", predict=_predict(fail="crash"))) as c:
+    with local_client(make_app(tmp_path / "b", predict=_predict(fail="crash"))) as c:
         r = c.post("/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"})
         st = wait_done(c, r.json()["id"])
         assert st["status"] == "failed" and st["error"] == "internal error: RuntimeError: boom"
 
 
 def test_cancel_running_job_removes_files(tmp_path):
-    with TestClient(make_app(tmp_path, predict=_predict(delay=0.2))) as c:
+    with local_client(make_app(tmp_path, predict=_predict(delay=0.2))) as c:
         job_id = c.post(
             "/api/jobs", json={"aois": [AOI], "date": "2024-06-01", "model": "student"}
         ).json()["id"]

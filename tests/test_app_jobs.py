@@ -6,9 +6,15 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app_support import AOI_DEFAULT, PredictRequest, fake_card, fake_predict, make_models
+from app_support import (
+    AOI_DEFAULT,
+    PredictRequest,
+    fake_card,
+    fake_predict,
+    local_client,
+    make_models,
+)
 from terrastill.app.jobs import JobStore, is_job_id, overall_progress
 from terrastill.app.main import create_app
 from terrastill.app.runner import JobRunner
@@ -85,7 +91,7 @@ def test_restart_resumes_queued_and_requeues_running(tmp_path):
     app = create_app(
         settings, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card
     )
-    with TestClient(app) as c:
+    with local_client(app) as c:
         for job_id in (queued.id, interrupted.id):
             deadline = time.monotonic() + 20
             while (st := c.get(f"/api/jobs/{job_id}").json())["status"] in ("queued", "running"):
@@ -142,10 +148,10 @@ def test_model_file_gone_fails_clearly(tmp_path):
 def test_one_server_per_data_dir(tmp_path):
     settings = _settings(tmp_path)
     kw = dict(predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
-    second = TestClient(create_app(settings, **kw))
-    with TestClient(create_app(settings, **kw)), pytest.raises(BadInputError, match="another"):
+    second = local_client(create_app(settings, **kw))
+    with local_client(create_app(settings, **kw)), pytest.raises(BadInputError, match="another"):
         second.__enter__()
-    with TestClient(create_app(settings, **kw)) as c:  # free again after shutdown
+    with local_client(create_app(settings, **kw)) as c:  # free again after shutdown
         assert c.get("/api/health").status_code == 200
 
 
@@ -175,7 +181,7 @@ def test_jobs_run_on_a_dask_scheduler(tmp_path, dask_client):
         read_card=fake_card,
         dask_client=dask_client,
     )
-    with TestClient(app) as c:
+    with local_client(app) as c:
         assert c.get("/api/health").json()["runner"].startswith("dask (")
         job_id = c.post("/api/jobs", json=BODY).json()["id"]
         progress_seen = set()

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app_support import AOI_DEFAULT, PredictRequest, fake_card, fake_predict, make_models
+from app_support import (
+    AOI_DEFAULT,
+    PredictRequest,
+    fake_card,
+    fake_predict,
+    local_client,
+    make_models,
+)
 from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
 
@@ -23,7 +30,7 @@ def _app(tmp_path, **kw):
     return create_app(s, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
 
 
-def _done_job(c: TestClient, headers: dict | None = None) -> str:
+def _done_job(c: Any, headers: dict | None = None) -> str:
     r = c.post("/api/jobs", json=BODY, headers=headers or {})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
@@ -58,7 +65,7 @@ def test_every_api_route_needs_the_token(tmp_path):
         if path.startswith("/api")
     }
     good = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(app) as c:
+    with local_client(app) as c:
         job_id = _done_job(c, good)
         routes = _job_routes(job_id)
         # the list above covers every /api route the app has
@@ -99,7 +106,7 @@ def test_token_from_environment(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["serve", "--models", str(models), "--data", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert seen["host"] == "127.0.0.1"
-    with TestClient(seen["app"]) as c:
+    with local_client(seen["app"]) as c:
         assert c.get("/api/health").status_code == 401
         assert c.get("/api/health", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
@@ -122,7 +129,7 @@ TRAVERSAL_IDS = [
 
 @pytest.mark.parametrize("bad_id", TRAVERSAL_IDS)
 def test_path_traversal_in_job_ids(tmp_path, bad_id):
-    with TestClient(_app(tmp_path)) as c:
+    with local_client(_app(tmp_path)) as c:
         _done_job(c)
         for method, path in _job_routes(bad_id)[4:]:
             r = c.request(method, path)
@@ -131,7 +138,7 @@ def test_path_traversal_in_job_ids(tmp_path, bad_id):
 
 
 def test_url_and_path_injection_in_parameters(tmp_path):
-    with TestClient(_app(tmp_path)) as c:
+    with local_client(_app(tmp_path)) as c:
         job_id = _done_job(c)
         base = f"/api/jobs/{job_id}"
         real_tile = c.get(f"{base}/tiles/{TILE}.png").content
@@ -177,7 +184,7 @@ def test_url_and_path_injection_in_parameters(tmp_path):
 
 def test_tampered_result_paths_never_leave_the_job_folder(tmp_path):
     app = _app(tmp_path)
-    with TestClient(app) as c:
+    with local_client(app) as c:
         job_id = _done_job(c)
         store = app.state.services.store
         for evil in (
@@ -201,7 +208,7 @@ def test_tampered_result_paths_never_leave_the_job_folder(tmp_path):
 
 
 def test_oversized_aois_and_bodies(tmp_path):
-    with TestClient(
+    with local_client(
         _app(tmp_path, max_aoi_km2=100, max_aois=4, max_vertices=100, max_body_bytes=20_000)
     ) as c:
         r = c.post("/api/jobs", json={**BODY, "aois": [[9, 44, 11, 46]]})
@@ -226,7 +233,7 @@ def test_oversized_aois_and_bodies(tmp_path):
 
 
 def test_cors_closed_by_default_and_configurable(tmp_path):
-    with TestClient(_app(tmp_path)) as c:
+    with local_client(_app(tmp_path)) as c:
         r = c.get("/api/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
         pre = c.options(
@@ -236,7 +243,7 @@ def test_cors_closed_by_default_and_configurable(tmp_path):
         assert "access-control-allow-origin" not in pre.headers
         assert r.headers["x-content-type-options"] == "nosniff"
         assert "default-src 'self'" in r.headers["content-security-policy"]
-    with TestClient(_app(tmp_path / "b", cors_origins=("https://maps.example",))) as c:
+    with local_client(_app(tmp_path / "b", cors_origins=("https://maps.example",))) as c:
         ok = c.get("/api/health", headers={"Origin": "https://maps.example"})
         assert ok.headers["access-control-allow-origin"] == "https://maps.example"
         other = c.get("/api/health", headers={"Origin": "https://evil.example"})

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +24,7 @@ from terrastill.app.jobs import JobStore
 from terrastill.app.registry import CardReader, ModelRegistry
 from terrastill.app.routes import build_router
 from terrastill.app.runner import JobRunner, PredictFn
+from terrastill.app.safety import clean, scrub_paths
 from terrastill.app.settings import Settings
 from terrastill.catalog.local import LocalCatalog
 from terrastill.errors import BadInputError, TerrastillError
@@ -205,16 +208,37 @@ def create_app(
             store.close()
             os.close(lock)
 
+    # no /docs or /redoc: their pages load Swagger UI / ReDoc from a CDN, which an offline
+    # server cannot reach; the schema itself stays at /openapi.json
     app = FastAPI(
         title="terrastill",
         version=__version__,
         description="Prediction jobs over areas of interest, their tiles, and a web map.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.exception_handler(TerrastillError)
     async def terrastill_error(_request: Request, exc: TerrastillError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+        return JSONResponse({"detail": clean(scrub_paths(str(exc)))},
+                            status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the default handler echoes the input back, and NaN, ±Infinity or a lone surrogate
+        # in it cannot be written as JSON (a 500): report where and what, not the value
+        detail = [
+            {"loc": clean(list(e.get("loc", ()))), "msg": clean(e.get("msg", "")),
+             "type": clean(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     app.include_router(build_router(settings))
     if static_dir.is_dir():
@@ -234,4 +258,6 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(SecurityHeaders)
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     return app

@@ -27,11 +27,13 @@ from titiler.core.models.mapbox import TileJSON
 from terrastill import __version__
 from terrastill.app import tiles
 from terrastill.app.jobs import JOB_ID_PATTERN, STAGES, Job
+from terrastill.app.safety import scrub_paths, scrub_value
 from terrastill.app.settings import Settings
 from terrastill.errors import AssetReadError, BadInputError, NotFoundError
 from terrastill.inference.aoi import area_km2, validate_aois
 
 # --- request and response models -----------------------------------------------------------
+EARLIEST_DATE = dt.date(1980, 1, 1)  # no earlier imagery is served by any supported source
 Coord = Annotated[float, Field(allow_inf_nan=False)]
 BBox = Annotated[
     list[Coord], Field(min_length=4, max_length=4, description="minx, miny, maxx, maxy")
@@ -79,6 +81,23 @@ class JobRequest(BaseModel):
     def _iso_date(cls, v: Any) -> Any:
         if not isinstance(v, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
             raise ValueError("date must be an ISO date string YYYY-MM-DD, e.g. 2024-06-01")
+        return v
+
+    @field_validator("date")
+    @classmethod
+    def _sane_date(cls, v: dt.date) -> dt.date:
+        last = dt.date.today() + dt.timedelta(days=366)
+        if not EARLIEST_DATE <= v <= last:
+            raise ValueError(f"date must be between {EARLIEST_DATE} and {last} (one year from "
+                             "today)")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _plain_text(cls, v: str) -> str:
+        if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 for c in v):
+            raise ValueError("model must be plain text (no control characters or lone "
+                             "surrogates)")
         return v
 
 
@@ -307,7 +326,7 @@ def build_router(settings: Settings) -> APIRouter:
                 for s in STAGES
             ],
             timings=job.timings,
-            error=job.error,
+            error=scrub_paths(job.error) if job.error else None,
             note=job.note,
             classes=[ClassInfo(**c) for c in r.get("classes", [])],
             layers=layers,
@@ -337,7 +356,7 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/models", response_model=list[ModelInfo], summary="Models this server offers")
     def list_models(request: Request) -> list[dict[str, Any]]:
-        return services(request).registry.list()
+        return scrub_value(services(request).registry.list())
 
     @router.post(
         "/jobs",
@@ -417,7 +436,7 @@ def build_router(settings: Settings) -> APIRouter:
             bounds, minzoom, maxzoom = tiles.products_info(paths)
         except rasterio.errors.RasterioError as exc:
             raise AssetReadError(f"job {job_id}: cannot read the {layer} product ({exc})") from exc
-        base = str(request.base_url).rstrip("/")
+        base = settings.public_url or str(request.base_url).rstrip("/")
         return TileJSON(
             name=f"{job_id} {layer}",
             tiles=[f"{base}/api/jobs/{job_id}/tiles/{{z}}/{{x}}/{{y}}.png?layer={layer}"],
@@ -463,7 +482,7 @@ def build_router(settings: Settings) -> APIRouter:
         response_class=FileResponse,
         summary="Download a job's product COG",
         responses={200: {"content": {"image/tiff": {}}, "description": "Cloud-Optimized GeoTIFF"}}
-        | _errors(404, 409),
+        | _errors(404, 409, 502),
     )
     def download(
         request: Request,
@@ -476,6 +495,12 @@ def build_router(settings: Settings) -> APIRouter:
         if part >= len(paths):
             raise NotFoundError(f"job {job_id}: the {layer} layer has {len(paths)} part(s)")
         suffix = f"-{part}" if len(paths) > 1 else ""
+        try:  # a product that does not open is not sent: its bytes would be as broken
+            with rasterio.open(paths[part]) as src:
+                src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+        except rasterio.errors.RasterioError as exc:
+            raise AssetReadError(f"job {job_id}: the {layer} product cannot be read "
+                                 f"({exc})") from exc
         return FileResponse(
             paths[part],
             media_type="image/tiff",

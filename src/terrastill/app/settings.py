@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 class Settings(BaseModel):
     """Options of ``terrastill serve``; the routes, limits and runner are built from these."""
@@ -27,13 +30,28 @@ class Settings(BaseModel):
     max_attempts: int = Field(2, ge=1, description="Runs of a job interrupted by restarts.")
     truecolor_max: float = Field(0.3, gt=0, description="Reflectance shown as full brightness.")
     static_dir: Path | None = Field(None, description="Web map folder; None: the packaged one.")
+    allowed_hosts: tuple[str, ...] = Field(
+        LOCAL_HOSTS, description="Host header values served (TrustedHostMiddleware); '*': any.")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach the server at (TileJSON links); None: the "
+                          "request's own.")
 
     @field_validator("token")
     @classmethod
     def _token_not_blank(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
-            return None
+            raise ValueError("the token is blank: give a real token, or none for a local "
+                             "server without authentication")
         return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"public URL {v!r} must start with http:// or https://")
+        return v.rstrip("/")
 
     @property
     def jobs_dir(self) -> Path:

@@ -46,35 +46,69 @@ def serve(
     max_body_bytes: int = typer.Option(
         1_000_000, "--max-body-bytes", min=1024, help="Largest request body."
     ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth",
+        help="Serve without a token on a non-loopback address (anyone who reaches it can run "
+             "jobs). Without it such a server refuses to start."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host",
+        help="Host header value to serve (repeatable; '*' for any). Default: localhost names, "
+             "plus --host when it is a specific address."),
+    public_url: str | None = typer.Option(
+        None, "--public-url",
+        help="Base URL clients reach this server at, for TileJSON links (behind a proxy)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log requests and jobs."),
     config: Path | None = ConfigOption,
 ) -> None:
     """Serve the jobs API, tiles and the web map.
 
-    Example: terrastill serve --models demo-out/models --data demo-out/serve --port 8000
+    Example: terrastill serve --models demo-out/serve-models --data demo-out/serve --port 8000
     then open http://127.0.0.1:8000/ in a browser.
     """
     import uvicorn
+    from pydantic import ValidationError
 
     from terrastill.app.main import create_app
-    from terrastill.app.settings import Settings
+    from terrastill.app.settings import LOCAL_HOSTS, LOOPBACK, Settings
 
     setup_logging(verbose)
     if not models.is_dir():
         raise BadInputError(f"--models {models}: no such folder")
-    settings = Settings(
-        models_dir=models,
-        data_dir=data,
-        catalog=catalog,
-        token=token,
-        cors_origins=tuple(cors_origin),
-        workers=workers,
-        scheduler=scheduler,
-        max_aoi_km2=max_aoi_km2,
-        max_body_bytes=max_body_bytes,
-    )
+    if token is not None and not token.strip():
+        raise BadInputError("--token is blank (or TERRASTILL_TOKEN is set but empty): give a "
+                            "real token, or none for a local server")
+    loopback = host in LOOPBACK or host.startswith("127.")
+    if not loopback and token is None:
+        if not no_auth:
+            raise BadInputError(f"--host {host}: refusing to serve beyond this machine without "
+                                "a --token (pass --no-auth to do so knowingly)")
+        console.print(f"[yellow]warning:[/] serving on {host} without authentication: anyone "
+                      "who reaches it can run jobs", highlight=False)
+    hosts = list(allowed_host) or [*LOCAL_HOSTS, *([host] if host not in
+                                                   ("0.0.0.0", "::", *LOCAL_HOSTS) else [])]
+    try:
+        settings = Settings(
+            models_dir=models,
+            data_dir=data,
+            catalog=catalog,
+            token=token,
+            cors_origins=tuple(cors_origin),
+            workers=workers,
+            scheduler=scheduler,
+            max_aoi_km2=max_aoi_km2,
+            max_body_bytes=max_body_bytes,
+            allowed_hosts=tuple(hosts),
+            public_url=public_url,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInputError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") \
+            from None
     app = create_app(settings)
     n = len(list(models.glob("*.pt")))
+    if n == 0:
+        console.print(f"[yellow]warning:[/] {models} holds no model files (*.pt): the map will "
+                      "offer no model (the demo's are in demo-out/serve-models)", highlight=False)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     console.print(
         f"serving {n} model file(s) from {models} at [bold]http://{shown}:{port}/[/]"

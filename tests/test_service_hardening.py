@@ -1,0 +1,168 @@
+"""The service from a newcomer's and an attacker's side: auth that cannot be off by accident,
+allowed hosts, strict JSON, sane dates, no server paths in answers, no CDN, broken products."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from app_support import (
+    AOI_DEFAULT,
+    PredictRequest,
+    fake_card,
+    fake_predict,
+    local_client,
+    make_models,
+)
+from terrastill.app.main import create_app
+from terrastill.app.safety import scrub_paths
+from terrastill.app.settings import Settings
+from terrastill.cli import app as cli
+
+BODY = {"aois": [AOI_DEFAULT], "date": "2024-06-01", "model": "student"}
+runner = CliRunner()
+
+
+def _app(tmp_path: Path, predict: Any = fake_predict, **kw: Any) -> Any:
+    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **kw)
+    return create_app(s, predict_fn=predict, request_cls=PredictRequest, read_card=fake_card)
+
+
+def _wait(c: Any, job_id: str, want: tuple[str, ...] = ("done", "failed")) -> dict:
+    deadline = time.monotonic() + 20
+    while (job := c.get(f"/api/jobs/{job_id}").json())["status"] not in want:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """``terrastill serve`` up to the point where uvicorn would start."""
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, **kw: Any) -> None:
+        seen.update(kw, app=app)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    return seen
+
+
+def test_a_blank_token_is_an_error(tmp_path, served):
+    with pytest.raises(ValidationError, match="blank"):
+        Settings(models_dir=tmp_path, data_dir=tmp_path / "d", token="  ")
+    make_models(tmp_path / "m")
+    res = runner.invoke(cli, ["serve", "--models", str(tmp_path / "m"), "--token", " "])
+    assert res.exit_code == 2 and "--token is blank" in res.output, res.output
+    assert "app" not in served
+
+
+def test_no_token_beyond_loopback_needs_no_auth(tmp_path, served):
+    make_models(tmp_path / "m")
+    args = ["serve", "--models", str(tmp_path / "m"), "--data", str(tmp_path / "d"),
+            "--host", "0.0.0.0"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2 and "refusing to serve beyond this machine" in res.output
+    assert "app" not in served
+    res = runner.invoke(cli, [*args, "--no-auth"])
+    assert res.exit_code == 0, res.output
+    assert "without authentication" in res.output and served["host"] == "0.0.0.0"
+    res = runner.invoke(cli, [*args, "--token", "t0k3n", "--allowed-host", "maps.example"])
+    assert res.exit_code == 0, res.output
+
+
+def test_an_empty_models_folder_is_warned_about(tmp_path, served):
+    (tmp_path / "none").mkdir()
+    res = runner.invoke(cli, ["serve", "--models", str(tmp_path / "none"), "--data",
+                              str(tmp_path / "d")])
+    assert res.exit_code == 0 and "holds no model files" in res.output, res.output
+
+
+def test_only_allowed_host_headers_are_served(tmp_path):
+    with local_client(_app(tmp_path)) as c:
+        assert c.get("/api/health").status_code == 200
+        assert c.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
+    with local_client(_app(tmp_path / "b", allowed_hosts=("maps.example",))) as c:
+        assert c.get("/api/health", headers={"Host": "maps.example"}).status_code == 200
+        assert c.get("/api/health").status_code == 400
+
+
+@pytest.mark.parametrize("raw", [
+    '{"aois": [[NaN, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "student"}',
+    '{"aois": [[Infinity, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "student"}',
+    '{"aois": [[-Infinity, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "student"}',
+    '{"aois": [[1e309, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "student"}',
+    '{"aois": [[10.0, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "st\\ud800"}',
+    '{"aois": [[10.0, 45.0, 10.06, 45.04]], "date": "2024-06-01", "model": "student", '
+    '"\\udc00": 1}',
+    '{"aois": {"type": "Polygon", "coordinates": [[[10, 45], [NaN, 45], [10, 46], [10, 45]]]},'
+    ' "date": "2024-06-01", "model": "student"}',
+])
+def test_non_finite_numbers_and_lone_surrogates_are_422(tmp_path, raw):
+    with local_client(_app(tmp_path), raise_server_exceptions=False) as c:
+        r = c.post("/api/jobs", content=raw.encode(), headers={"Content-Type":
+                                                                "application/json"})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert isinstance(detail, list) and detail and "loc" in detail[0]
+        assert len(r.text) < 2000  # a short answer, no traceback
+
+
+@pytest.mark.parametrize("date", ["1979-12-31", "2999-01-01"])
+def test_dates_out_of_range_are_refused(tmp_path, date):
+    with local_client(_app(tmp_path)) as c:
+        r = c.post("/api/jobs", json={**BODY, "date": date})
+        assert r.status_code == 422 and "between 1980-01-01" in r.text, r.text
+
+
+def test_no_answer_names_a_server_path(tmp_path):
+    def failing(request: Any, **_kw: Any) -> Any:
+        from terrastill.errors import AssetReadError
+
+        raise AssetReadError(f"{Path(request.out_dir).resolve()}/scene/B04.tif: cannot read")
+
+    secret = str(tmp_path)
+    with local_client(_app(tmp_path, predict=failing)) as c:
+        models = c.get("/api/models")
+        assert models.status_code == 200 and secret not in models.text
+        job = c.post("/api/jobs", json=BODY).json()
+        failed = _wait(c, job["id"])
+        assert failed["status"] == "failed" and "B04.tif" in failed["error"]
+        assert secret not in json.dumps(failed) and "/scene/" not in failed["error"]
+        assert secret not in c.get("/api/jobs").text
+
+
+def test_scrub_keeps_urls_and_file_names():
+    text = "cannot read /srv/x/jobs/abc/out/classes.tif via https://h.example/a/b.tif"
+    assert scrub_paths(text) == "cannot read classes.tif via https://h.example/a/b.tif"
+
+
+def test_tilejson_links_use_the_public_url(tmp_path):
+    with local_client(_app(tmp_path, public_url="https://maps.example/terra/")) as c:
+        job = _wait(c, c.post("/api/jobs", json=BODY).json()["id"])
+        tj = c.get(job["links"]["tilejson"]["classes"]).json()
+        assert tj["tiles"][0].startswith("https://maps.example/terra/api/jobs/")
+
+
+def test_docs_need_no_cdn(tmp_path):
+    with local_client(_app(tmp_path)) as c:
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+        assert c.get("/openapi.json").status_code == 200
+
+
+def test_a_corrupt_product_is_a_502_not_its_bytes(tmp_path):
+    with local_client(_app(tmp_path)) as c:
+        job = _wait(c, c.post("/api/jobs", json=BODY).json()["id"])
+        cog = next((tmp_path / "data" / "jobs").rglob("classes.tif"))
+        cog.write_bytes(cog.read_bytes()[:600])  # truncated: the header opens, tiles do not
+        r = c.get(job["links"]["download"]["classes"][0])
+        assert r.status_code == 502, r.status_code
+        assert str(tmp_path) not in r.text and "classes" in r.text
