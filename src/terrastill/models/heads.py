@@ -6,6 +6,7 @@
   all frames stacked) is concatenated before the last conv so that 30 m boundaries are not lost
   to the 4–16 px patch grid; it is a few thousand parameters.
 - ``classification``: mean of the patch tokens -> LayerNorm -> Linear.
+- ``embedding``: no head; the normalised encoder tokens themselves (encoder-only models).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "regression": {"channels": 128, "min_channels": 32, "pixel_skip": True, "skip_channels": 32,
                    "dropout": 0.0},
     "classification": {"dropout": 0.0},
+    "embedding": {},
 }
 
 
@@ -33,6 +35,8 @@ def full_head_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {**HEAD_DEFAULTS[kind], **cfg, "type": kind}
     if kind == "regression":
         out["num_outputs"] = int(out.get("num_outputs", 1))
+    elif kind == "embedding":
+        out.pop("num_classes", None)
     else:
         out["num_classes"] = int(out.get("num_classes", 2))
     return out
@@ -106,8 +110,22 @@ class ClassificationHead(nn.Module):
         return self.fc(self.dropout(self.norm(tokens[:, 1:, :].mean(dim=1))))
 
 
+class TokenHead(nn.Module):
+    """The embedding task's head: returns the encoder's normalised tokens (B, 1+L, D)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int, int],
+                x: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
 def build_head(cfg: dict[str, Any], encoder_cfg: dict[str, Any]) -> nn.Module:
     cfg = full_head_config(cfg)
+    if cfg["type"] == "embedding":
+        return TokenHead(cfg)
     d = int(encoder_cfg["embed_dim"])
     pt, ph, _ = encoder_cfg["patch_size"]
     frames = int(encoder_cfg["num_frames"]) // int(pt)

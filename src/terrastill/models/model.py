@@ -12,7 +12,7 @@ from torch import nn
 from terrastill.models.encoder import PrithviViT, full_encoder_config
 from terrastill.models.heads import build_head, full_head_config
 
-TASKS = ("segmentation", "regression", "classification")
+TASKS = ("segmentation", "regression", "classification", "embedding")
 
 
 def full_arch(arch: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +28,9 @@ def full_arch(arch: dict[str, Any]) -> dict[str, Any]:
 class TerraModel(nn.Module):
     """``encoder`` (:class:`PrithviViT`) + ``head``; input (B, C, T, H, W).
 
-    Output: segmentation (B, K, H, W) logits, regression (B, 1, H, W), classification (B, K).
+    Output: segmentation (B, K, H, W) logits, regression (B, 1, H, W), classification (B, K),
+    embedding (B, 1+L, D) normalised encoder tokens (an encoder-only model, e.g. from
+    ``terrastill pretrain``).
     """
 
     def __init__(self, arch: dict[str, Any]) -> None:

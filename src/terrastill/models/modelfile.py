@@ -186,6 +186,15 @@ def load_model_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return LoadedModel(model=model, card=card, path=Path(path))
 
 
+def require_task_model(card: ModelCard, path: str | os.PathLike[str], what: str) -> None:
+    """Refuse an encoder-only ``embedding`` model where a task head is needed (``what``:
+    predict, evaluate, distill...) with one clear line."""
+    if card.task == "embedding":
+        raise BadInputError(f"{path}: an encoder-only embedding model (from pretrain) cannot "
+                            f"{what}; use `terrastill embed`, or fine-tune it first with "
+                            f"`terrastill train --weights {path}`")
+
+
 SPEC_KEYS_STRICT = ("bands", "num_steps", "chip_size")
 
 

@@ -121,7 +121,9 @@ def make_arch(
         raise BadInputError(f"chip size {enc['img_size']} is not a multiple of the patch size "
                             f"{enc['patch_size'][1]} of model {name!r}")
     head_cfg = {**spec.get("head", {}), **(head or {}), "type": task}
-    if task == "regression":
+    if task == "embedding":  # encoder only: the tokens are the output
+        head_cfg = {"type": task}
+    elif task == "regression":
         head_cfg.setdefault("num_outputs", 1)
     else:
         head_cfg["num_classes"] = int(num_classes)

@@ -11,7 +11,9 @@ Accepted sources:
 The official checkpoints hold the MAE (``encoder.*`` + ``decoder.*`` in Prithvi-EO-2.0; bare
 names plus ``decoder_*``/``mask_token`` in Prithvi-EO-1.0). Decoder keys are dropped, prefixes
 stripped, the position embedding is interpolated to the target (T, H, W) token grid, and the
-patch-embedding input channels are matched to the target bands by name.
+patch-embedding input channels are matched to the target bands by name. Files written by
+terrastill (``pretrain``'s ``mae.pt``, any ``model.pt``) carry their own bands and encoder
+config, which stand in for a registry spec.
 """
 
 from __future__ import annotations
@@ -150,6 +152,27 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def checkpoint_description(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The bands and encoder config a checkpoint says it was trained with, when it says so:
+    a ``terrastill pretrain`` MAE file (``config``) or a terrastill model file (``card``)."""
+    path = Path(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # read_checkpoint reports an unreadable file
+        return None
+    if not isinstance(obj, Mapping):
+        return None
+    cfg = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
+    if cfg is None and isinstance(obj.get("card"), Mapping):
+        cfg = obj["card"].get("arch")
+    if not cfg or not isinstance(cfg.get("encoder"), Mapping):
+        return None
+    return {"bands": list(cfg["bands"]) if cfg.get("bands") else None,
+            "encoder": dict(cfg["encoder"])}
+
+
 def to_encoder_state(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Official layout -> encoder-relative names; returns (state, dropped keys)."""
     out: dict[str, torch.Tensor] = {}
@@ -284,6 +307,11 @@ def load_pretrained(
     if spec is not None:
         src_bands = src_bands or spec["bands"]
         src_config = src_config or spec["encoder"]
+    else:
+        described = checkpoint_description(path)
+        if described is not None:
+            src_bands = src_bands or described["bands"]
+            src_config = src_config or described["encoder"]
     arch = getattr(model, "arch", {}) or {}
     dst_bands = arch.get("bands")
     if src_bands is None and dst_bands is not None and arch.get("pretrained_bands"):

@@ -35,6 +35,7 @@ from terrastill.models.modelfile import (
     check_input_spec,
     fill_card_stats,
     load_model_file,
+    require_task_model,
     save_model_file,
 )
 from terrastill.models.registry import make_arch, uses_coords
@@ -343,6 +344,7 @@ def evaluate(model_path: str | os.PathLike[str], chips_dir: str | os.PathLike[st
     model's input spec (:class:`SpecMismatchError`). Writes ``out`` (JSON) when given."""
     loaded = load_model_file(model_path)
     card = loaded.card
+    require_task_model(card, model_path, "be evaluated")
     meta = read_dataset_meta(chips_dir)
     check_input_spec(card.input_spec, meta, what=f"{Path(chips_dir)}")
     if str(meta.get("task", card.task)) != card.task:
