@@ -166,3 +166,19 @@ def test_a_corrupt_product_is_a_502_not_its_bytes(tmp_path):
         r = c.get(job["links"]["download"]["classes"][0])
         assert r.status_code == 502, r.status_code
         assert str(tmp_path) not in r.text and "classes" in r.text
+
+
+def test_no_imagery_names_the_catalogues_dates_and_temps_are_removed(tmp_path, small_world):
+    def no_imagery(request: Any, **_kw: Any) -> Any:
+        out = Path(request.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".tmp-prediction_32632_classes.tif").write_bytes(b"half")
+        return fake_predict(request, fail="noimagery")
+
+    app = _app(tmp_path, predict=no_imagery, catalog=small_world["catalog"])
+    with local_client(app) as c:
+        job = _wait(c, c.post("/api/jobs", json=BODY).json()["id"])
+    assert job["status"] == "failed"
+    first, last = job["error"].split("the catalogue has imagery from ")[1].split(" to ")
+    assert small_world["start"] <= first <= last <= small_world["end"]
+    assert not list((tmp_path / "data" / "jobs").rglob(".tmp-*"))

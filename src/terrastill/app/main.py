@@ -20,13 +20,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from terrastill import __version__
+from terrastill.app.coverage import catalog_extent
 from terrastill.app.jobs import JobStore
 from terrastill.app.registry import CardReader, ModelRegistry
 from terrastill.app.routes import build_router
 from terrastill.app.runner import JobRunner, PredictFn
 from terrastill.app.safety import clean, scrub_paths
 from terrastill.app.settings import Settings
-from terrastill.catalog.local import LocalCatalog
 from terrastill.errors import BadInputError, TerrastillError
 
 log = logging.getLogger(__name__)
@@ -60,27 +60,6 @@ class Services:
             self._home = catalog_extent([str(loc) for loc in locations if loc])
             self._home_done = True
         return self._home
-
-
-def catalog_extent(locations: list[str]) -> list[float] | None:
-    """Union of the item bboxes of the first readable local catalogue (STAC APIs skipped)."""
-    for loc in locations:
-        if loc.startswith(("http://", "https://")):
-            continue
-        try:
-            items = LocalCatalog(loc).items
-        except (TerrastillError, OSError) as exc:
-            log.warning("catalogue %s: no extent (%s)", loc, exc)
-            continue
-        boxes = [it.bbox for it in items if it.bbox]
-        if boxes:
-            return [
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
-            ]
-    return None
 
 
 class BodyLimit:

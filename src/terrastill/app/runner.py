@@ -24,7 +24,8 @@ from shapely.geometry import shape
 
 from terrastill.app.jobs import STAGES, Job, JobStore
 from terrastill.app.settings import Settings
-from terrastill.errors import TerrastillError
+from terrastill.atomic import remove_stale_temps
+from terrastill.errors import NoImageryError, TerrastillError
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,8 @@ class JobRunner:
             return
         if isinstance(exc, TerrastillError):
             message = str(exc)
+            if isinstance(exc, NoImageryError):
+                message += self._date_hint(job)
         elif isinstance(exc, ImportError):
             message = f"prediction is not available in this installation ({exc})"
         elif isinstance(exc, Exception):
@@ -280,7 +283,24 @@ class JobRunner:
         else:  # KeyboardInterrupt, SystemExit
             self._release(job)
             raise exc  # type: ignore[misc]
+        remove_stale_temps(self.job_dir(job.id))  # half-written products of the failed run
         self.store.finish(job.id, "failed", error=message)
+
+    def _date_hint(self, job: Job) -> str:
+        """'; the catalogue has imagery from A to B' for a local catalogue, else ''."""
+        from terrastill.app.coverage import catalog_dates
+
+        locations = [self.settings.catalog] if self.settings.catalog else []
+        if not locations:
+            try:
+                from terrastill.models.modelfile import read_card
+
+                card = read_card(self.settings.models_dir / job.request["model_file"])
+                locations = [str(card.input_spec.get("catalog") or "")]
+            except (TerrastillError, OSError, KeyError):  # the hint is optional
+                return ""
+        span = catalog_dates([loc for loc in locations if loc])
+        return f"; the catalogue has imagery from {span[0]} to {span[1]}" if span else ""
 
     def _release(self, job: Job) -> None:
         """A job stopped by a server shutdown goes back to the queue, the attempt not counted."""

@@ -335,13 +335,18 @@ class _Context:
 def _load_context(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[str],
                   opt: DistillOptions) -> _Context:
     from terrastill.data.dataset import ChipDataset, read_dataset_meta
-    from terrastill.models.modelfile import check_input_spec, load_model_file
+    from terrastill.models.modelfile import (
+        check_input_spec,
+        load_model_file,
+        require_task_model,
+    )
     from terrastill.models.registry import uses_coords
     from terrastill.training.augment import FlipRotate
     from terrastill.training.train import resolve_device, resolve_precision
 
     loaded = load_model_file(teacher_path)
     card = loaded.card
+    require_task_model(card, teacher_path, "be distilled")
     chips_dir = Path(chips_dir)
     meta = read_dataset_meta(chips_dir)
     check_input_spec(card.input_spec, meta, what=str(chips_dir))
