@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Load test of the tile endpoint of a running ``terrastill serve`` on loopback.
 
-Fires concurrent requests for the tiles covering a finished job (zoom levels around its native
-one, both layers), bounded in count and in time, and reports tiles/s, p50/p95/max latency and
-errors. Refuses any host that is not a loopback address.
+Fires concurrent requests for the tiles covering a finished job at every zoom level of
+``--zooms`` (default 0-16, both layers), bounded in count and in time, and reports tiles/s,
+p50/p95/max latency overall and per zoom, and errors. Tiles below the layer's TileJSON minzoom
+must be refused quickly (404); every other answer must be a PNG. Refuses any host that is not a
+loopback address.
 
     terrastill serve --models demo-out/models --data demo-out/serve &
     python scripts/bench_tiles.py --url http://127.0.0.1:8000 --job <id> \\
@@ -35,6 +37,14 @@ def loopback_only(url: str) -> None:
         sys.exit(f"refusing {url}: this benchmark only targets loopback addresses")
 
 
+def zoom_range(text: str) -> list[int]:
+    """'0-16' or '3,5,7' as a list of zoom levels."""
+    if "-" in text:
+        lo, hi = (int(v) for v in text.split("-", 1))
+        return list(range(lo, hi + 1))
+    return [int(v) for v in text.split(",")]
+
+
 def tile_urls(job_id: str, tj: dict, layers: list[str], zooms: list[int], cap: int) -> list[str]:
     tms = morecantile.tms.get("WebMercatorQuad")
     urls = []
@@ -58,12 +68,15 @@ async def run(args: argparse.Namespace) -> dict:
         r = await c.get(f"/api/jobs/{args.job}/tilejson.json", params={"layer": args.layers[0]})
         r.raise_for_status()
         tj = r.json()
-        native = tj["maxzoom"]
-        zooms = [z for z in range(native - 2, native + 3) if tj["minzoom"] <= z <= 22]
-        urls = tile_urls(args.job, tj, args.layers, zooms, cap=args.requests)
+        zooms = list(args.zooms)
+        # the same number of tiles from each zoom level (the low levels have only a few)
+        per = max(1, args.requests // (len(zooms) * len(args.layers)))
+        urls = [u for z in zooms for u in tile_urls(args.job, tj, args.layers, [z], cap=per)]
+        urls = urls[:args.requests]
         if not urls:
             sys.exit("the job's bounds cover no tile")
         latencies: list[float] = []
+        by_zoom: dict[int, list[float]] = {}
         statuses: dict[str, int] = {}
         errors = 0
         sent = 0
@@ -75,13 +88,17 @@ async def run(args: argparse.Namespace) -> dict:
                 url = urls[sent % len(urls)]
                 sent += 1
                 t0 = time.perf_counter()
+                z = int(url.split("/tiles/")[1].split("/")[0])
                 try:
                     resp = await c.get(url)
-                    ok = resp.status_code == 200 and resp.content[:8] == b"\x89PNG\r\n\x1a\n"
+                    png = resp.status_code == 200 and resp.content[:8] == b"\x89PNG\r\n\x1a\n"
+                    refused = resp.status_code == 404 and z < tj["minzoom"]
+                    ok = png or refused
                     key = str(resp.status_code)
                 except httpx.HTTPError as exc:
                     ok, key = False, type(exc).__name__
                 latencies.append(time.perf_counter() - t0)
+                by_zoom.setdefault(z, []).append(latencies[-1])
                 statuses[key] = statuses.get(key, 0) + 1
                 errors += 0 if ok else 1
 
@@ -102,6 +119,8 @@ async def run(args: argparse.Namespace) -> dict:
         "p50_ms": round(q(0.50), 1),
         "p95_ms": round(q(0.95), 1),
         "max_ms": round(lat[-1] * 1000, 1),
+        "max_ms_by_zoom": {z: round(max(v) * 1000, 1) for z, v in sorted(by_zoom.items())},
+        "minzoom": tj["minzoom"],
         "mean_ms": round(statistics.fmean(lat) * 1000, 1),
         "errors": errors,
         "statuses": statuses,
@@ -120,6 +139,8 @@ def main() -> None:
         "--layers", nargs="+", default=["classes", "truecolor"], choices=["classes", "truecolor"]
     )
     p.add_argument("--requests", type=int, default=1000, help="most requests sent (≤ 100000)")
+    p.add_argument("--zooms", type=zoom_range, default=range(0, 17),
+                   help="zoom levels, e.g. 0-16 or 12,14 (default 0-16)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (≤ 256)")
     p.add_argument("--max-seconds", type=float, default=60, help="stop after this long (≤ 600)")
     p.add_argument("--json", dest="json_out", help="also write the report to this file")

@@ -293,10 +293,14 @@ def test_bench_tiles_script(tmp_path):
             job=job_id,
             token=None,
             layers=["classes", "truecolor"],
-            requests=60,
+            requests=120,
             concurrency=8,
             max_seconds=30,
+            zooms=bench.zoom_range("0-16"),
         )
         report = asyncio.run(bench.run(args))
-    assert report["requests"] == 60 and report["errors"] == 0
+    assert report["requests"] > 17 and report["errors"] == 0, report
     assert report["tiles_per_s"] > 0 and report["p95_ms"] >= report["p50_ms"] > 0
+    # every zoom from 0 to 16 answered: the low ones refused quickly, below the minzoom
+    assert sorted(report["max_ms_by_zoom"]) == list(range(17))
+    assert report["statuses"].get("404", 0) > 0 and report["statuses"].get("200", 0) > 0

@@ -182,3 +182,70 @@ def test_no_imagery_names_the_catalogues_dates_and_temps_are_removed(tmp_path, s
     first, last = job["error"].split("the catalogue has imagery from ")[1].split(" to ")
     assert small_world["start"] <= first <= last <= small_world["end"]
     assert not list((tmp_path / "data" / "jobs").rglob(".tmp-*"))
+
+
+def test_tiles_below_the_minzoom_are_refused_at_once(tmp_path):
+    import morecantile
+
+    with local_client(_app(tmp_path)) as c:
+        job = _wait(c, c.post("/api/jobs", json=BODY).json()["id"])
+        tj = c.get(job["links"]["tilejson"]["truecolor"]).json()
+        lon, lat = (tj["bounds"][0] + tj["bounds"][2]) / 2, (tj["bounds"][1] + tj["bounds"][3]) / 2
+        tms = morecantile.tms.get("WebMercatorQuad")
+        for z in (0, tj["minzoom"] - 1):
+            t = tms.tile(lon, lat, z)
+            t0 = time.perf_counter()
+            r = c.get(f"/api/jobs/{job['id']}/tiles/{z}/{t.x}/{t.y}.png?layer=truecolor")
+            assert r.status_code == 404 and "below" in r.text and time.perf_counter() - t0 < 1
+        t = tms.tile(lon, lat, tj["minzoom"])
+        r = c.get(f"/api/jobs/{job['id']}/tiles/{tj['minzoom']}/{t.x}/{t.y}.png?layer=truecolor")
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+
+
+def test_the_tile_pool_is_bounded_in_time_and_size():
+    import asyncio
+    import threading
+
+    from fastapi import HTTPException
+
+    from terrastill.app.tilepool import TilePool
+
+    class Client:  # stands in for a request whose client stays or leaves
+        def __init__(self, gone: bool = False) -> None:
+            self.gone = gone
+
+        async def is_disconnected(self) -> bool:
+            return self.gone
+
+    release = threading.Event()
+
+    def slow() -> bytes:
+        release.wait(5)
+        return b"png"
+
+    async def scenario() -> list[Any]:
+        pool = TilePool(workers=1, queue=2, timeout_s=0.3)
+        out: list[Any] = []
+        try:
+            await pool.render(Client(), slow)
+        except HTTPException as exc:
+            out.append(exc.status_code)  # over its time budget
+        first = asyncio.ensure_future(pool.render(Client(), slow))
+        await asyncio.sleep(0.05)
+        try:
+            await pool.render(Client(), lambda: b"x")  # the queue holds two: full
+        except HTTPException as exc:
+            out.append(exc.status_code)
+        first.cancel()
+        release.set()
+        pool.shutdown()
+        other = TilePool(workers=1, queue=4, timeout_s=5)
+        try:  # the client left: nobody waits for the tile
+            await other.render(Client(gone=True), lambda: time.sleep(0.5) or b"y")
+        except HTTPException as exc:
+            out.append(exc.status_code)
+        other.shutdown()
+        return out
+
+    timed_out, full, gone = asyncio.run(scenario())
+    assert (timed_out, full, gone) == (503, 503, 499)

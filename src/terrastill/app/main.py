@@ -27,6 +27,7 @@ from terrastill.app.routes import build_router
 from terrastill.app.runner import JobRunner, PredictFn
 from terrastill.app.safety import clean, scrub_paths
 from terrastill.app.settings import Settings
+from terrastill.app.tilepool import TilePool
 from terrastill.errors import BadInputError, TerrastillError
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,13 @@ def create_app(
             web_map=web_map,
             catalog=settings.catalog,
         )
+        app.state.tile_pool = TilePool(settings.tile_workers, settings.tile_queue,
+                                       settings.tile_timeout_s)
         runner.start()
         try:
             yield
         finally:
+            app.state.tile_pool.shutdown()
             runner.stop()
             store.close()
             os.close(lock)

@@ -189,6 +189,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         422: "Invalid input",
         429: "Too many jobs pending",
+        503: "Too many tiles rendering, or the tile took too long (retry)",
         502: "A product file could not be read",
     }
     return {c: {"model": ErrorMessage, "description": text[c]} for c in codes}
@@ -451,9 +452,9 @@ def build_router(settings: Settings) -> APIRouter:
         response_class=Response,
         summary="A PNG tile of a job's layer",
         responses={200: {"content": {"image/png": {}}, "description": "PNG tile"}}
-        | _errors(404, 409, 502),
+        | _errors(404, 409, 502, 503),
     )
-    def tile(
+    async def tile(
         request: Request,
         job_id: JobId,
         z: Annotated[int, PathParam(ge=0, le=24)],
@@ -466,11 +467,21 @@ def build_router(settings: Settings) -> APIRouter:
         job = get_job(request, job_id)
         paths = product_paths(request, job, layer)
         try:
-            if layer == "classes":
-                cmap = tiles.class_colormap([c["color"] for c in job.request.get("classes", [])])
-                content = tiles.render_classes(paths, z, x, y, cmap)
-            else:
-                content = tiles.render_truecolor(paths, z, x, y, settings.truecolor_max)
+            _bounds, minzoom, _maxzoom = tiles.products_info(paths)
+        except rasterio.errors.RasterioError as exc:
+            raise AssetReadError(f"job {job_id}: cannot read the {layer} product ({exc})") from exc
+        if z < minzoom:
+            # a tile far larger than the product would warp a huge virtual raster for a few
+            # pixels: below the TileJSON minzoom there is nothing worth drawing
+            raise NotFoundError(f"zoom {z} is below the {layer} layer's minzoom {minzoom}: "
+                                "the product is too small to show at this scale")
+        if layer == "classes":
+            cmap = tiles.class_colormap([c["color"] for c in job.request.get("classes", [])])
+            fn, args = tiles.render_classes, (paths, z, x, y, cmap)
+        else:
+            fn, args = tiles.render_truecolor, (paths, z, x, y, settings.truecolor_max)
+        try:
+            content = await request.app.state.tile_pool.render(request, fn, *args)
         except rasterio.errors.RasterioError as exc:
             raise AssetReadError(f"job {job_id}: cannot read the {layer} product ({exc})") from exc
         return Response(

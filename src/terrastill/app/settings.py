@@ -32,6 +32,9 @@ class Settings(BaseModel):
     static_dir: Path | None = Field(None, description="Web map folder; None: the packaged one.")
     allowed_hosts: tuple[str, ...] = Field(
         LOCAL_HOSTS, description="Host header values served (TrustedHostMiddleware); '*': any.")
+    tile_workers: int = Field(4, ge=1, le=64, description="Threads rendering tiles.")
+    tile_queue: int = Field(64, ge=1, description="Tiles rendering or waiting before 503.")
+    tile_timeout_s: float = Field(10.0, gt=0, description="Time budget of one tile (503 past).")
     public_url: str | None = Field(
         None, description="Base URL clients reach the server at (TileJSON links); None: the "
                           "request's own.")

@@ -24,6 +24,7 @@ from titiler.core.utils import render_image
 from terrastill.errors import BadInputError
 
 TILE_SIZE = 256
+ZOOM_OUT_LEVELS = 3  # zoom levels a layer is offered below its native minzoom
 LAYERS = ("classes", "truecolor")
 Colormap = dict[int, tuple[int, int, int, int]]
 
@@ -116,5 +117,7 @@ def products_info(paths: Sequence[Path]) -> tuple[list[float], int, int]:
         float(arr[:, 2].max()),
         float(arr[:, 3].max()),
     ]
-    # A few levels below the native ones so a small product still shows when zoomed out.
-    return box, max(0, min(minzooms) - 4), max(maxzooms)
+    # A few levels below the native ones so a small product still shows when zoomed out, but
+    # no further: each level out warps 4x the area per tile (measured on 2 cores: 0.1-0.2 s
+    # per tile three levels out, 0.7 s four levels out, 85 s at zoom 0)
+    return box, max(0, min(minzooms) - ZOOM_OUT_LEVELS), max(maxzooms)
