@@ -28,6 +28,9 @@ def test_openapi_schema_is_complete(tmp_path):
         ("get", "/api/jobs/{job_id}/tilejson.json"),
         ("get", "/api/jobs/{job_id}/tiles/{z}/{x}/{y}.png"),
         ("get", "/api/jobs/{job_id}/download"),
+        ("get", "/api/catalog"),
+        ("get", "/api/imagery/tilejson.json"),
+        ("get", "/api/imagery/tiles/{z}/{x}/{y}.png"),
     }
     for path, item in spec["paths"].items():
         for method, op in item.items():

@@ -31,3 +31,26 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     again = runner.invoke(app, ["demo", str(out), "--quick"])  # every stage is reused
     assert again.exit_code == 0, again.output
     assert "fine-tuning" not in again.output and "distilling" not in again.output
+
+    # demo --serve lists the demo's own prediction as a finished job (once)
+    from app_support import local_client
+    from terrastill.app.main import create_app
+    from terrastill.app.settings import Settings
+    from terrastill.demo import add_demo_job
+
+    job_id = add_demo_job(out, summary)
+    assert add_demo_job(out, summary) == job_id
+    settings = Settings(models_dir=out / "serve-models", data_dir=out / "serve",
+                        catalog=summary["catalog"])
+    with local_client(create_app(settings)) as c:
+        jobs = c.get("/api/jobs").json()
+        assert [j["id"] for j in jobs] == [job_id]
+        job = jobs[0]
+        assert job["status"] == "done" and job["model"] == "flood-student"
+        assert 0 < job["valid_share"] <= 1 and set(job["layers"]) == {"classes", "truecolor"}
+        assert len(job["links"]["download"]["classes"]) == len(summary["prediction"]["classes"])
+        tj = c.get(job["links"]["tilejson"]["classes"])
+        assert tj.status_code == 200
+        assert c.get(job["links"]["download"]["classes"][0]).status_code == 200
+        info = c.get("/api/catalog").json()
+        assert info["dates"] and summary["prediction"]["date"] >= info["start"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -176,8 +177,9 @@ def test_no_imagery_names_the_catalogues_dates_and_temps_are_removed(tmp_path, s
         return fake_predict(request, fail="noimagery")
 
     app = _app(tmp_path, predict=no_imagery, catalog=small_world["catalog"])
+    inside = {**BODY, "aois": [small_world["bbox"]]}
     with local_client(app) as c:
-        job = _wait(c, c.post("/api/jobs", json=BODY).json()["id"])
+        job = _wait(c, c.post("/api/jobs", json=inside).json()["id"])
     assert job["status"] == "failed"
     first, last = job["error"].split("the catalogue has imagery from ")[1].split(" to ")
     assert small_world["start"] <= first <= last <= small_world["end"]
@@ -249,3 +251,69 @@ def test_the_tile_pool_is_bounded_in_time_and_size():
 
     timed_out, full, gone = asyncio.run(scenario())
     assert (timed_out, full, gone) == (503, 503, 499)
+
+
+def test_catalogue_info_imagery_layer_and_coverage(tmp_path, small_world):
+    app = _app(tmp_path, catalog=small_world["catalog"],
+               basemap="https://tiles.example/{z}/{x}/{y}.png")
+    with local_client(app) as c:
+        info = c.get("/api/catalog").json()
+        assert info["extent"][0] <= small_world["bbox"][0] and info["dates"]
+        assert info["start"] == info["dates"][0] and info["end"] == info["dates"][-1]
+        assert info["basemap"].startswith("https://tiles.example/")
+        assert "https://tiles.example" in c.get("/").headers["content-security-policy"]
+        # a box outside the catalogue is refused before a job exists
+        r = c.post("/api/jobs", json=BODY)
+        assert r.status_code == 422 and "outside the catalogue's coverage" in r.text
+        assert c.get("/api/jobs").json() == []
+        day = info["dates"][len(info["dates"]) // 2]
+        tj = c.get("/api/imagery/tilejson.json", params={"date": day}).json()
+        assert tj["name"] == f"imagery {day}" and tj["minzoom"] <= tj["maxzoom"]
+        import morecantile
+
+        lon = (small_world["bbox"][0] + small_world["bbox"][2]) / 2
+        lat = (small_world["bbox"][1] + small_world["bbox"][3]) / 2
+        t = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, tj["maxzoom"])
+        r = c.get(tj["tiles"][0].split("localhost")[1].format(z=tj["maxzoom"], x=t.x, y=t.y))
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+        from io import BytesIO
+
+        from PIL import Image
+
+        rgba = np.asarray(Image.open(BytesIO(r.content)).convert("RGBA"))
+        assert (rgba[..., 3] > 0).mean() > 0.1  # scenes of that date cover part of the tile
+        assert rgba[..., :3][rgba[..., 3] > 0].std() > 1  # an image, not a flat fill
+        far = c.get("/api/imagery/tilejson.json", params={"date": "2020-01-01"})
+        assert far.status_code == 404 and "within 30 days" in far.text
+
+
+def test_job_tiles_are_clipped_to_the_aoi_and_report_the_valid_share(tmp_path):
+    from io import BytesIO
+
+    import morecantile
+    from PIL import Image
+
+    small = [10.01, 45.01, 10.03, 45.02]
+    with local_client(_app(tmp_path)) as c:
+        job = _wait(c, c.post("/api/jobs", json={**BODY, "aois": [small]}).json()["id"])
+        assert job["valid_share"] == 1.0
+        tms = morecantile.tms.get("WebMercatorQuad")
+        z = 13
+        tiles_ = list(tms.tiles(*small, zooms=[z]))
+        inside = outside = 0
+        for t in tiles_:
+            png = c.get(f"/api/jobs/{job['id']}/tiles/{z}/{t.x}/{t.y}.png").content
+            alpha = np.asarray(Image.open(BytesIO(png)).convert("RGBA"))[..., 3]
+            b = tms.xy_bounds(t)
+            xs = b.left + (np.arange(256) + 0.5) * (b.right - b.left) / 256
+            ys = b.top - (np.arange(256) + 0.5) * (b.top - b.bottom) / 256
+            lon = np.degrees(xs / 6378137.0)
+            lat = np.degrees(2 * np.arctan(np.exp(ys / 6378137.0)) - np.pi / 2)
+            in_lon = (lon > small[0] + 1e-4) & (lon < small[2] - 1e-4)
+            in_lat = (lat > small[1] + 1e-4) & (lat < small[3] - 1e-4)
+            aoi = in_lat[:, None] & in_lon[None, :]
+            far = ~((lat > small[1] - 1e-4) & (lat < small[3] + 1e-4))[:, None] | \
+                ~((lon > small[0] - 1e-4) & (lon < small[2] + 1e-4))[None, :]
+            inside += int((alpha[aoi] > 0).sum())
+            outside += int((alpha[far] > 0).sum())
+        assert inside > 0 and outside == 0

@@ -152,3 +152,29 @@ def run_demo(out: Path, opts: DemoOptions,
                              "vs_truth": truth_scores}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def add_demo_job(out: Path, summary: dict[str, Any]) -> str:
+    """List the demo's prediction in its server's job store as a finished job (once)."""
+    from shapely.geometry import box, mapping
+
+    from terrastill.app.seed import add_finished_job
+    from terrastill.app.settings import Settings
+    from terrastill.models.modelfile import read_card
+
+    pred = summary["prediction"]
+    model = "student" if "student" in summary else "teacher"
+    name = f"{summary['task']}-{model}"
+    card = read_card(summary[model]["path"])
+    world = json.loads((Path(summary["catalog"]).parent / "world.json").read_text())
+    aoi = box(*world["bbox"])
+    request = {
+        "aois": [mapping(aoi)], "bounds": list(aoi.bounds), "date": pred["date"],
+        "model": name, "model_file": f"{name}.pt", "max_cloud": None, "tolerance": None,
+        "classes": [{"id": i, "name": n, "color": c} for i, (n, c) in
+                    enumerate(zip(card.class_names, card.class_colors, strict=True))],
+    }
+    products = {"classes": [Path(p) for p in pred["classes"]],
+                "truecolor": [Path(p) for p in pred.get("truecolor", [])]}
+    settings = Settings(models_dir=Path(summary["serve_models"]), data_dir=out / "serve")
+    return add_finished_job(settings, request, products, key=str(pred["sidecar"]))

@@ -52,3 +52,12 @@ def catalog_dates(locations: list[str]) -> tuple[str, str] | None:
         if days:
             return days[0], days[-1]
     return None
+
+
+def local_items(locations: list[str]) -> list:
+    """The items of the first readable local catalogue ([] when none)."""
+    for loc in filter(_local, locations):
+        items = _catalog_items(loc)
+        if items:
+            return items
+    return []

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from terrastill import __version__
-from terrastill.app.coverage import catalog_extent
+from terrastill.app.coverage import catalog_extent, local_items
 from terrastill.app.jobs import JobStore
 from terrastill.app.registry import CardReader, ModelRegistry
 from terrastill.app.routes import build_router
@@ -51,16 +51,22 @@ class Services:
     _home: list[float] | None = None
     _home_done: bool = False
 
+    def locations(self) -> list[str]:
+        """Catalogues the jobs read: the server's, else the models' own."""
+        found = [self.catalog] + [m["input_spec"].get("catalog") for m in self.registry.list()]
+        return [str(loc) for loc in found if loc]
+
     def home(self) -> list[float] | None:
         """Lon/lat extent of the imagery (local catalogue: the server's, else the models'),
         so the web map can open where predictions are possible; None when unknown."""
         if not self._home_done:
-            locations = [self.catalog] + [
-                m["input_spec"].get("catalog") for m in self.registry.list()
-            ]
-            self._home = catalog_extent([str(loc) for loc in locations if loc])
+            self._home = catalog_extent(self.locations())
             self._home_done = True
         return self._home
+
+    def catalog_items(self) -> list[Any]:
+        """The items of the first readable local catalogue (none for STAC APIs)."""
+        return local_items(self.locations())
 
 
 class BodyLimit:
@@ -118,10 +124,14 @@ class BodyLimit:
 
 
 class SecurityHeaders:
-    """nosniff, no referrer, no framing and a same-origin CSP on every response."""
+    """nosniff, no referrer, no framing and a same-origin CSP on every response (images may
+    also come from the configured basemap's origin)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, image_origin: str | None = None) -> None:
         self.app = app
+        self.csp = CSP if not image_origin else CSP.replace(
+            "img-src 'self' data: blob:", f"img-src 'self' data: blob: {image_origin}").replace(
+            "connect-src 'self'", f"connect-src 'self' {image_origin}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,12 +145,21 @@ class SecurityHeaders:
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
                     (b"x-frame-options", b"DENY"),
-                    (b"content-security-policy", CSP.encode()),
+                    (b"content-security-policy", self.csp.encode()),
                 ]
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -240,7 +259,7 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, image_origin=_origin(settings.basemap))
     if "*" not in settings.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     return app

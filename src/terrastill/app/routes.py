@@ -25,7 +25,7 @@ from shapely.ops import unary_union
 from titiler.core.models.mapbox import TileJSON
 
 from terrastill import __version__
-from terrastill.app import tiles
+from terrastill.app import imagery, tiles
 from terrastill.app.jobs import JOB_ID_PATTERN, STAGES, Job
 from terrastill.app.safety import scrub_paths, scrub_value
 from terrastill.app.settings import Settings
@@ -153,9 +153,20 @@ class JobStatus(BaseModel):
     timings: dict[str, float]
     error: str | None
     note: str | None
+    valid_share: float | None = Field(
+        None, description="Share of the AOI that got a prediction (the rest: no usable "
+                          "imagery, e.g. cloud)")
     classes: list[ClassInfo]
     layers: list[str]
     links: JobLinks
+
+
+class CatalogInfo(BaseModel):
+    extent: list[float] | None = Field(description="Lon/lat extent of the imagery.")
+    dates: list[str] = Field(description="Acquisition dates with true-colour imagery.")
+    start: str | None
+    end: str | None
+    basemap: str | None = Field(None, description="External basemap XYZ URL template.")
 
 
 class JobCreated(BaseModel):
@@ -329,6 +340,7 @@ def build_router(settings: Settings) -> APIRouter:
             timings=job.timings,
             error=scrub_paths(job.error) if job.error else None,
             note=job.note,
+            valid_share=(job.result or {}).get("valid_share"),
             classes=[ClassInfo(**c) for c in r.get("classes", [])],
             layers=layers,
             links=JobLinks(
@@ -370,6 +382,11 @@ def build_router(settings: Settings) -> APIRouter:
         svc = services(request)
         geoms = parse_aois(body.aois, settings)
         model = svc.registry.get(body.model)
+        extent = svc.home()
+        if extent is not None and not unary_union(geoms).intersects(box(*extent)):
+            raise BadInputError(
+                "aois: outside the catalogue's coverage (its imagery spans lon "
+                f"{extent[0]:.4f} to {extent[2]:.4f}, lat {extent[1]:.4f} to {extent[3]:.4f})")
         if svc.store.count_active() >= settings.max_pending_jobs:
             raise HTTPException(429, f"{settings.max_pending_jobs} jobs are pending; try later")
         minx, miny, maxx, maxy = unary_union(geoms).bounds
@@ -475,11 +492,12 @@ def build_router(settings: Settings) -> APIRouter:
             # pixels: below the TileJSON minzoom there is nothing worth drawing
             raise NotFoundError(f"zoom {z} is below the {layer} layer's minzoom {minzoom}: "
                                 "the product is too small to show at this scale")
+        aoi = job.request.get("aois")
         if layer == "classes":
             cmap = tiles.class_colormap([c["color"] for c in job.request.get("classes", [])])
-            fn, args = tiles.render_classes, (paths, z, x, y, cmap)
+            fn, args = tiles.render_classes, (paths, z, x, y, cmap, aoi)
         else:
-            fn, args = tiles.render_truecolor, (paths, z, x, y, settings.truecolor_max)
+            fn, args = tiles.render_truecolor, (paths, z, x, y, settings.truecolor_max, aoi)
         try:
             content = await request.app.state.tile_pool.render(request, fn, *args)
         except rasterio.errors.RasterioError as exc:
@@ -487,6 +505,67 @@ def build_router(settings: Settings) -> APIRouter:
         return Response(
             content, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
         )
+
+    @router.get("/catalog", response_model=CatalogInfo, summary="Where and when there is imagery")
+    def catalog_info(request: Request) -> CatalogInfo:
+        svc = services(request)
+        dates = imagery.dates_of(svc.catalog_items())
+        return CatalogInfo(extent=svc.home(), dates=dates, start=dates[0] if dates else None,
+                           end=dates[-1] if dates else None, basemap=settings.basemap)
+
+    def imagery_of(request: Request, day: dt.date) -> tuple[str, list[Any]]:
+        items = services(request).catalog_items()
+        chosen = imagery.nearest_date(imagery.dates_of(items), day)
+        if chosen is None:
+            raise NotFoundError(f"no true-colour imagery in the catalogue within "
+                                f"{imagery.MAX_DAYS} days of {day}")
+        return chosen, imagery.items_on(items, chosen)
+
+    @router.get(
+        "/imagery/tilejson.json",
+        response_model=TileJSON,
+        response_model_exclude_none=True,
+        summary="TileJSON of the catalogue's true-colour imagery on the date nearest `date`",
+        responses=_errors(404, 502),
+    )
+    def imagery_tilejson(request: Request, date: dt.date) -> TileJSON:
+        chosen, items = imagery_of(request, date)
+        try:
+            bounds, minzoom, maxzoom = imagery.layer_info(items)
+        except rasterio.errors.RasterioError as exc:
+            raise AssetReadError(f"imagery of {chosen}: cannot read ({exc})") from exc
+        base = settings.public_url or str(request.base_url).rstrip("/")
+        return TileJSON(name=f"imagery {chosen}", bounds=bounds, minzoom=minzoom,
+                        maxzoom=maxzoom, attribution="catalogue imagery",
+                        tiles=[f"{base}/api/imagery/tiles/{{z}}/{{x}}/{{y}}.png?date={chosen}"])
+
+    @router.get(
+        "/imagery/tiles/{z}/{x}/{y}.png",
+        response_class=Response,
+        summary="A true-colour PNG tile of the catalogue's imagery on the date nearest `date`",
+        responses={200: {"content": {"image/png": {}}, "description": "PNG tile"}}
+        | _errors(404, 502, 503),
+    )
+    async def imagery_tile(
+        request: Request,
+        z: Annotated[int, PathParam(ge=0, le=24)],
+        x: Annotated[int, PathParam(ge=0)],
+        y: Annotated[int, PathParam(ge=0)],
+        date: dt.date,
+    ) -> Response:
+        if x >= 2**z or y >= 2**z:
+            raise NotFoundError(f"tile {z}/{x}/{y} is outside the WebMercatorQuad grid")
+        chosen, items = imagery_of(request, date)
+        try:
+            _bounds, minzoom, _maxzoom = imagery.layer_info(items)
+            if z < minzoom:
+                raise NotFoundError(f"zoom {z} is below the imagery's minzoom {minzoom}")
+            content = await request.app.state.tile_pool.render(
+                request, imagery.render_imagery, items, z, x, y, settings.truecolor_max)
+        except rasterio.errors.RasterioError as exc:
+            raise AssetReadError(f"imagery of {chosen}: cannot read ({exc})") from exc
+        return Response(content, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
 
     @router.get(
         "/jobs/{job_id}/download",

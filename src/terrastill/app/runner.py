@@ -20,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import rasterio.errors
 from shapely.geometry import shape
 
 from terrastill.app.jobs import STAGES, Job, JobStore
+from terrastill.app.products import valid_share
 from terrastill.app.settings import Settings
 from terrastill.atomic import remove_stale_temps
 from terrastill.errors import NoImageryError, TerrastillError
@@ -260,6 +262,11 @@ class JobRunner:
         if not paths["classes"]:
             self.store.finish(job.id, "failed", error="prediction wrote no class raster")
             return
+        try:
+            paths["valid_share"] = valid_share([root / p for p in paths["classes"]],
+                                               job.request["aois"])
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            log.warning("job %s: valid share not computed (%s)", job.id, exc)
         done = dict.fromkeys(STAGES, 1.0)
         if not self.store.finish(job.id, "done", timings=timings, result=paths, stages=done):
             self.remove_files(job.id)  # cancelled in the last moment

@@ -35,6 +35,8 @@ class Settings(BaseModel):
     tile_workers: int = Field(4, ge=1, le=64, description="Threads rendering tiles.")
     tile_queue: int = Field(64, ge=1, description="Tiles rendering or waiting before 503.")
     tile_timeout_s: float = Field(10.0, gt=0, description="Time budget of one tile (503 past).")
+    basemap: str | None = Field(
+        None, description="XYZ tile URL template of an external basemap ({z}/{x}/{y}).")
     public_url: str | None = Field(
         None, description="Base URL clients reach the server at (TileJSON links); None: the "
                           "request's own.")
@@ -45,6 +47,17 @@ class Settings(BaseModel):
         if v is not None and not v.strip():
             raise ValueError("the token is blank: give a real token, or none for a local "
                              "server without authentication")
+        return v
+
+    @field_validator("basemap")
+    @classmethod
+    def _basemap(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.startswith(("http://", "https://")) or not all(
+                k in v for k in ("{z}", "{x}", "{y}")):
+            raise ValueError(f"basemap {v!r} must be an http(s) URL template with {{z}}, {{x}} "
+                             "and {y}")
         return v
 
     @field_validator("public_url")

@@ -70,18 +70,40 @@ def read_tile(paths: Sequence[Path], z: int, x: int, y: int, **kwargs: Any) -> I
     return img
 
 
-def render_classes(paths: Sequence[Path], z: int, x: int, y: int, colormap: Colormap) -> bytes:
-    """Class ids → RGBA PNG through the model's colours; nodata (255) is transparent."""
+def clip(img: ImageData, aois: Sequence[dict] | None) -> ImageData:
+    """``img`` with pixels outside the (lon/lat GeoJSON) AOIs masked: a job shows its AOI,
+    not the whole window grid it read."""
+    if not aois:
+        return img
+    from rasterio.features import geometry_mask
+    from rasterio.warp import transform_geom
+
+    shapes = [transform_geom("EPSG:4326", img.crs, g) for g in aois]
+    outside = geometry_mask(shapes, out_shape=(img.height, img.width), transform=img.transform)
+    img.array.mask = np.ma.getmaskarray(img.array) | outside[None]
+    return img
+
+
+def render_classes(paths: Sequence[Path], z: int, x: int, y: int, colormap: Colormap,
+                   aois: Sequence[dict] | None = None) -> bytes:
+    """Class ids → RGBA PNG through the model's colours; nodata (255) and pixels outside the
+    AOIs are transparent."""
     img = read_tile(paths, z, x, y, indexes=(1,))
+    if img is not None:
+        img = clip(img, aois)
     if img is None or not img.mask.any():
         return empty_png()
     content, _ = render_image(img, colormap=colormap, output_format=ImageType.png)
     return content
 
 
-def render_truecolor(paths: Sequence[Path], z: int, x: int, y: int, vmax: float) -> bytes:
-    """Red, green, blue reflectance 0–``vmax`` → 0–255; NaN is transparent."""
+def render_truecolor(paths: Sequence[Path], z: int, x: int, y: int, vmax: float,
+                     aois: Sequence[dict] | None = None) -> bytes:
+    """Red, green, blue reflectance 0–``vmax`` → 0–255; NaN and the outside of the AOIs are
+    transparent."""
     img = read_tile(paths, z, x, y, indexes=(1, 2, 3))
+    if img is not None:
+        img = clip(img, aois)
     if img is None or not img.mask.any():
         return empty_png()
     with np.errstate(invalid="ignore"):  # NaN (nodata) cast to uint8 under the mask

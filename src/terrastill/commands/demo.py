@@ -59,8 +59,11 @@ def demo(
     console.print(f"summary: {out / 'summary.json'}")
     if serve:
         from terrastill.commands.serve import serve as serve_cmd
+        from terrastill.demo import add_demo_job
 
+        add_demo_job(out, summary)  # the demo's own prediction, listed as a finished job
         serve_cmd(models=Path(summary["serve_models"]), data=out / "serve",
                   host="127.0.0.1", port=port, token=None, catalog=summary["catalog"],
                   workers=1, scheduler=None, cors_origin=[], max_aoi_km2=2500.0,
-                  max_body_bytes=1_000_000, verbose=verbose, config=None)
+                  max_body_bytes=1_000_000, no_auth=False, allowed_host=[], public_url=None,
+                  basemap=None, verbose=verbose, config=None)

@@ -54,6 +54,10 @@ def serve(
         [], "--allowed-host",
         help="Host header value to serve (repeatable; '*' for any). Default: localhost names, "
              "plus --host when it is a specific address."),
+    basemap: str | None = typer.Option(
+        None, "--basemap",
+        help="XYZ tile URL template of an external basemap under the map "
+             "(e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png); default: none, offline."),
     public_url: str | None = typer.Option(
         None, "--public-url",
         help="Base URL clients reach this server at, for TileJSON links (behind a proxy)."),
@@ -99,6 +103,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             allowed_hosts=tuple(hosts),
             public_url=public_url,
+            basemap=basemap,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
