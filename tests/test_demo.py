@@ -28,6 +28,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert sorted(p.name for p in (out / "serve-models").glob("*.pt")) == [
         "flood-student.pt", "flood-teacher.pt"]
     assert "prediction COG" in res.output
+    assert "of the world got a prediction" in res.output
+    assert 0.5 < summary["prediction"]["valid_share"] <= 1
+    assert summary["rejected"]["rows"] == summary["chips"]["rejected_rows"]
     again = runner.invoke(app, ["demo", str(out), "--quick"])  # every stage is reused
     assert again.exit_code == 0, again.output
     assert "fine-tuning" not in again.output and "distilling" not in again.output

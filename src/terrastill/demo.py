@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class DemoOptions:
     chip_size: int = 32
     observations: int = 400
     quick: bool = False
+    progress: bool = True  # rich bars for every long stage (drawn on terminals only)
     world: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,9 +80,16 @@ def run_demo(out: Path, opts: DemoOptions,
     job = ChipJob(read=ReadOptions(source=world["source"], temporal=t),
                   chip_size=opts.chip_size, min_valid=0.3, label_window=3,
                   split_block=3000 if not opts.quick else 600, seed=opts.seed)
-    res = make_chips(task["observations"], chips_dir, world["catalog"], job,
-                     ObservationOptions(classes=task["classes"]), command="terrastill demo")
+    with _bar(opts, "chips") as tick:
+        res = make_chips(task["observations"], chips_dir, world["catalog"], job,
+                         ObservationOptions(classes=task["classes"]), command="terrastill demo",
+                         progress=lambda done, total: tick("chips", done, total))
     summary["chips"] = {"path": str(chips_dir), **res.dataset["counts"]}
+    summary["rejected"] = rejected_summary(chips_dir / "rejected.csv")
+    if summary["rejected"]["rows"]:
+        top = "; ".join(f"{n} × {r}" for r, n in summary["rejected"]["reasons"][:3])
+        say(f"      {summary['rejected']['rows']} observation row(s) not used ({top}) — "
+            f"see {chips_dir / 'rejected.csv'}")
 
     # 3. teacher
     from terrastill.training.train import TrainOptions, evaluate, fit
@@ -90,7 +99,7 @@ def run_demo(out: Path, opts: DemoOptions,
         say(f"[3/5] fine-tuning the teacher ({opts.teacher}, {opts.epochs} epochs)")
         fit(chips_dir, teacher.parent, TrainOptions(model=opts.teacher, epochs=opts.epochs,
                                                     seed=opts.seed, name=f"{opts.task}-teacher",
-                                                    progress=False))
+                                                    progress=_show(opts)))
     from terrastill.inference.precision import calibrate_precision
 
     if not read_card(teacher).precision:
@@ -109,7 +118,7 @@ def run_demo(out: Path, opts: DemoOptions,
             say(f"[4/5] distilling a student (layers {opts.student_layers})")
             distill(teacher, chips_dir, student.parent,
                     DistillOptions(layers=opts.student_layers, epochs=opts.distill_epochs,
-                                   seed=opts.seed, progress=False))
+                                   seed=opts.seed, progress=_show(opts)))
         if not read_card(student).precision:
             calibrate_precision(student, chips_dir)
         summary["student"] = {"path": str(student), "test": evaluate(student, chips_dir, "test"),
@@ -128,16 +137,19 @@ def run_demo(out: Path, opts: DemoOptions,
 
     # 5. prediction over the whole world on a date after the flood, scored against truth
     model = student or teacher
-    date = dt.date.fromisoformat(task.get("date") or world["end"]) + dt.timedelta(days=12)
-    date = min(date, dt.date.fromisoformat(world["end"]))
+    after = dt.date.fromisoformat(task.get("date") or world["end"])
+    date = clearest_date(world["catalog"], after, min(after + dt.timedelta(days=30),
+                                                      dt.date.fromisoformat(world["end"])), t)
     pred_dir = out / "predictions"
-    say(f"[5/5] predicting {opts.task} on {date} over the world with the "
-        f"{'student' if student else 'teacher'}")
+    say(f"[5/5] predicting {opts.task} on {date} (the clearest date after the flood) over the "
+        f"world with the {'student' if student else 'teacher'}")
     bbox = world["bbox"]
-    result = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
-                                    out_dir=pred_dir, catalog=world["catalog"],
-                                    name=f"{opts.task}_{date:%Y%m%d}",
-                                    write_truecolor=True))
+    with _bar(opts, "windows") as tick:
+        result = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
+                                        out_dir=pred_dir, catalog=world["catalog"],
+                                        name=f"{opts.task}_{date:%Y%m%d}",
+                                        write_truecolor=True),
+                         progress=lambda stage, frac: tick(stage, round(frac * 100), 100))
     truth_scores = {}
     if opts.task == "flood" or dt.date.fromisoformat(task.get("date", str(date))) <= date:
         for cog in result.classes:
@@ -145,13 +157,87 @@ def run_demo(out: Path, opts: DemoOptions,
             if epsg in task["truth"]:
                 truth_scores[epsg] = compare_to_reference(cog, Path(task["truth"][epsg]),
                                                           task["classes"])
-    summary["prediction"] = {"date": date.isoformat(), "classes": [str(p) for p in
-                                                                   result.classes],
+    from terrastill.app.products import valid_share
+
+    share = valid_share(result.classes, [dict(box_geojson(bbox))])
+    if share is not None:
+        say(f"      {share:.0%} of the world got a prediction (the rest had no cloud-free "
+            "acquisition at every step)")
+    summary["prediction"] = {"date": date.isoformat(), "valid_share": share,
+                             "classes": [str(p) for p in result.classes],
                              "truecolor": [str(p) for p in result.truecolor],
                              "sidecar": str(result.sidecar), "timings": result.timings,
                              "vs_truth": truth_scores}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _show(opts: DemoOptions) -> bool:
+    from terrastill.progress import progress_enabled
+
+    return opts.progress and progress_enabled()
+
+
+@contextlib.contextmanager
+def _bar(opts: DemoOptions, unit: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich bar per stage name while the demo works (nothing when not on a terminal)."""
+    if not _show(opts):
+        yield lambda _stage, _done, _total: None
+        return
+    from terrastill.progress import progress_bar
+
+    with progress_bar(unit) as bar:
+        tasks: dict[str, Any] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield tick
+
+
+def rejected_summary(path: Path) -> dict[str, Any]:
+    """How many observation rows a chip run did not use, and the commonest reasons."""
+    import pandas as pd
+
+    if not path.exists():
+        return {"rows": 0, "reasons": []}
+    rej = pd.read_csv(path, usecols=["reason"])
+    # the same reason differs only by chip/step details: group on its first words
+    short = rej["reason"].astype(str).str.replace(r"\s*\(.*$", "", regex=True)
+    short = short.str.replace(r" (of|at|in|on) .*$", "", regex=True)
+    counts = short.value_counts()
+    return {"rows": len(rej), "reasons": [[r, int(n)] for r, n in counts.items()]}
+
+
+def clearest_date(catalog: str, first: dt.date, last: dt.date, temporal: Any) -> dt.date:
+    """The acquisition date in [first, last] whose T steps have the least cloud: for each
+    step the clearest acquisition within the tolerance (``eo:cloud_cover``), summed."""
+    from terrastill.catalog.local import LocalCatalog
+
+    covers: dict[dt.date, list[float]] = {}
+    for it in LocalCatalog(catalog).items:
+        if it.datetime is not None:
+            covers.setdefault(it.datetime.date(), []).append(
+                float(it.properties.get("eo:cloud_cover", 100.0)))
+    clouds = {d: sum(v) / len(v) for d, v in covers.items()}  # the mean over the date's tiles
+    best, best_score = last, float("inf")
+    for day in sorted(d for d in clouds if first <= d <= last):
+        score = 0.0
+        for target in temporal.targets(day):
+            near = [c for d, c in clouds.items()
+                    if abs((d - target).days) <= temporal.temporal_tolerance]
+            score += min(near, default=100.0)
+        if score < best_score:
+            best, best_score = day, score
+    return best
+
+
+def box_geojson(bbox: Any) -> dict[str, Any]:
+    from shapely.geometry import box, mapping
+
+    return dict(mapping(box(*bbox)))
 
 
 def add_demo_job(out: Path, summary: dict[str, Any]) -> str:
