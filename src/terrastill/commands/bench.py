@@ -73,8 +73,8 @@ def bench(
 
     Example:
 
-        terrastill bench models/teacher/model.pt models/student/model.pt
-        --precision fp32,bf16 --batch-sizes 1,8,32 --seconds 5 --out bench-results/cpu.csv
+        terrastill bench demo-out/models/teacher/model.pt demo-out/models/student/model.pt
+        --precision fp32,bf16 --batch-sizes 1,8,32 --seconds 5 --out demo-out/bench/cpu.csv
     """
     setup_logging(verbose)
     from rich.table import Table

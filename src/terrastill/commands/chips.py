@@ -65,8 +65,9 @@ def chips(
 
     Example:
 
-        terrastill chips world/observations/flood.csv --catalog world/catalog.json
-        --classes land,water --out chips/flood --num-steps 3 --temporal-step 10
+        terrastill chips demo-out/world/observations/flood.csv
+        --catalog demo-out/world/catalog.json --classes land,water --num-steps 3
+        --temporal-step 14 --temporal-tolerance 7 --max-cloud 60 --out demo-out/chips/flood2
     """
     setup_logging(verbose)
     from terrastill.data.build import ChipJob, make_chips
@@ -113,7 +114,7 @@ def split(
 
     Example:
 
-        terrastill split chips/flood --block-size 5000 --ratios 0.6,0.2,0.2 --seed 1
+        terrastill split demo-out/chips/flood --block-size 5000 --ratios 0.6,0.2,0.2
     """
     from terrastill.data.build import resplit
     from terrastill.errors import BadInputError

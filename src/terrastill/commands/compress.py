@@ -54,9 +54,11 @@ def compress(
 
     Example:
 
-        terrastill compress out/emb/embeddings.parquet --method pca:64+int8 --out out/emb-pca64
+        terrastill compress demo-out/emb/embeddings.parquet --method pca:64+int8
+        --out demo-out/emb-pca64
 
-        terrastill compress out/emb/embeddings_32633.tif --method int8 --out out/emb-int8.tif
+        terrastill compress demo-out/emb-aoi/embeddings_32633.tif --method int8
+        --out demo-out/emb-int8.tif
     """
     setup_logging(verbose)
     from terrastill.embeddings.compress import parse_method
@@ -90,7 +92,8 @@ def decompress(
 
     Example:
 
-        terrastill decompress out/emb-pca64/embeddings.parquet --out out/emb-restored
+        terrastill decompress demo-out/emb-pca64/embeddings.parquet
+        --out demo-out/emb-restored
     """
     setup_logging(verbose)
     from terrastill.embeddings.compress_table import decompress_table, reference_codec

@@ -103,8 +103,8 @@ def distill(
 
     Example:
 
-        terrastill distill models/flood-teacher/model.pt chips/flood --layers auto
-        --tolerance 1.0 --out models/flood-student
+        terrastill distill demo-out/models/teacher/model.pt demo-out/chips/flood
+        --layers auto --tolerance 1.0 --out demo-out/models/student2
     """
     setup_logging(verbose)
     from terrastill.errors import BadInputError

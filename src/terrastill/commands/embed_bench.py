@@ -34,7 +34,7 @@ def embed_bench(
 
     Example:
 
-        terrastill embed-bench out/emb/embeddings.parquet --out out/bench
+        terrastill embed-bench demo-out/emb/embeddings.parquet --out demo-out/emb-bench
         --methods float32,int8,int4,binary,binary/hamming,pca:32+int8 --seed 0
     """
     setup_logging(verbose)

@@ -57,8 +57,8 @@ def predict(
 
     Example:
 
-        terrastill predict models/student.pt --bbox 11.9 45.0 12.0 45.05
-        --date 2024-07-20 --catalog world/catalog.json --out pred/
+        terrastill predict demo-out/models/student/model.pt --bbox 11.95 45.28 12.05 45.33
+        --date 2024-08-12 --catalog demo-out/world/catalog.json --out demo-out/pred
     """
     setup_logging(verbose)
     from terrastill.errors import BadInputError

@@ -79,9 +79,10 @@ def pretrain(
 
     Example:
 
-        terrastill pretrain --catalog world/catalog.json --bbox 11.95 45.28 12.05 45.32
-        --start 2024-05-01 --end 2024-07-15 --model tiny --num-steps 2 --chip-size 16
-        --samples 200 --epochs 20 --out models/mae
+        terrastill pretrain --catalog demo-out/world/catalog.json
+        --bbox 11.9 45.25 12.1 45.35 --start 2024-04-01 --end 2024-09-30 --model tiny
+        --num-steps 3 --temporal-step 14 --temporal-tolerance 7 --chip-size 32
+        --samples 200 --epochs 20 --out demo-out/models/mae
     """
     setup_logging(verbose)
     from terrastill.embeddings import sampling

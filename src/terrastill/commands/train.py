@@ -82,7 +82,8 @@ def train(
 
     Example:
 
-        terrastill train chips/flood --model tiny --epochs 15 --out models/flood-teacher
+        terrastill train demo-out/chips/flood --model tiny --epochs 15
+        --out demo-out/models/teacher2
     """
     setup_logging(verbose)
     from terrastill.training.train import TrainOptions, fit
@@ -121,7 +122,7 @@ def evaluate(
 
     Example:
 
-        terrastill evaluate models/flood-teacher/model.pt chips/flood --split test
+        terrastill evaluate demo-out/models/teacher/model.pt demo-out/chips/flood --split test
     """
     setup_logging(verbose)
     from terrastill.training.train import evaluate as run_evaluate
