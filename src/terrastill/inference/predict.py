@@ -530,9 +530,9 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
     only a few blocks are in memory at once."""
     if client is None:
         loaded = _load(model_path, device)
-        yield from _infer_across_blocks(
+        yield from infer_across_blocks(
             _read_blocks(blocks, date, items, read, loaded.card.input_spec, read_ahead),
-            loaded, bf16, batch_size)
+            lambda outs: infer_read(loaded, outs, bf16, batch_size), batch_size)
         return
     ahead: deque[tuple[list[GridSpec], Any]] = deque()
     limit = max(2, 2 * len(client.scheduler_info().get("workers", {})))
@@ -576,21 +576,22 @@ def _read_blocks(blocks: list[list[GridSpec]], date: dt.date, items: list[dict],
                 f.cancel()
 
 
-def _infer_across_blocks(read_blocks: Iterator[tuple[list[GridSpec], list[WindowOutput]]],
-                         loaded: Any, bf16: bool, batch_size: int
-                         ) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
-    """Run the model on read windows in full batches, whatever block they came from, and
-    yield each block once all its windows have run (a block's last, short batch waits for
-    the next block's windows instead of running alone)."""
+def infer_across_blocks(read_blocks: Iterator[tuple[list[GridSpec], list[WindowOutput]]],
+                        infer: Callable[[list[WindowOutput]], None], batch_size: int
+                        ) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+    """Run ``infer`` (which fills the windows in place and clears their ``tensor``) on read
+    windows in full batches, whatever block they came from, and yield each block once all its
+    windows have run (a block's last, short batch waits for the next block's windows instead
+    of running alone: every new batch shape costs the CPU kernels a set-up)."""
     pending: deque[tuple[list[GridSpec], list[WindowOutput]]] = deque()
     waiting: list[WindowOutput] = []
     for grids, outs in read_blocks:
         pending.append((grids, outs))
         waiting += [o for o in outs if o.tensor is not None]
         full = len(waiting) - len(waiting) % batch_size
-        infer_read(loaded, waiting[:full], bf16, batch_size)
+        infer(waiting[:full])
         waiting = waiting[full:]
         while pending and all(o.tensor is None for o in pending[0][1]):
             yield pending.popleft()
-    infer_read(loaded, waiting, bf16, batch_size)
+    infer(waiting)
     yield from pending
