@@ -206,6 +206,25 @@ def test_embedding_model_is_refused_by_evaluate(image_run: Path, tmp_path: Path)
     assert res.exit_code == 2 and "encoder-only embedding model" in res.output
 
 
+@pytest.mark.parametrize("how", ["predict", "predict-chips", "predict-image", "distill"])
+def test_embedding_model_is_refused_where_a_head_is_needed(image_run: Path, flood_dataset,
+                                                           small_world, tmp_path: Path,
+                                                           how: str) -> None:
+    model, out = str(image_run / "model.pt"), str(tmp_path / "out")
+    image = next((image_run.parent / "imgs").rglob("*.tif"))
+    args = {
+        "predict": ["predict", model, "--bbox", *map(str, small_world["bbox"]), "--date",
+                    "2024-06-20", "--catalog", small_world["catalog"], "--out", out],
+        "predict-chips": ["predict", model, "--chips", str(flood_dataset), "--out", out],
+        "predict-image": ["predict", model, "--image", str(image), "--out", out],
+        "distill": ["distill", model, str(flood_dataset), "--layers", "1", "--out", out],
+    }[how]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "encoder-only embedding model" in res.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def _world_args(small_world: dict, out: Path, *extra: str) -> list[str]:
     minx, miny, maxx, maxy = small_world["bbox"]
     return ["pretrain", "--catalog", small_world["catalog"], "--bbox", str(minx), str(miny),

@@ -58,12 +58,15 @@ def embed(
 
     Example:
 
-        terrastill embed models/teacher.pt --bbox 11.9 45.0 12.0 45.05
-        --date 2024-07-20 --catalog world/catalog.json --quantize int8
-        --out emb/
+        terrastill embed demo-out/models/teacher/model.pt --bbox 11.95 45.28 12.05 45.33
+        --date 2024-08-12 --catalog demo-out/world/catalog.json --quantize int8
+        --out demo-out/emb-aoi
 
-        terrastill embed --encoder spectral --images eurosat/
-        --image-bands eurosat --scale 0.0001 --out emb-spectral/
+        terrastill embed demo-out/models/teacher/model.pt --chips demo-out/chips/flood
+        --out demo-out/emb
+
+        terrastill embed --encoder spectral --images demo-out/eurosat
+        --image-bands eurosat --scale 0.0001 --out demo-out/emb-spectral
     """
     setup_logging(verbose)
     from terrastill.embeddings.encoders import EncoderChoice

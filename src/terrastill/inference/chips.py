@@ -29,6 +29,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
     from terrastill.data.dataset import doy_year, read_index
     from terrastill.data.normalize import normalize_chip
     from terrastill.inference.predict import _load, resolve_device, run_model, use_bf16
+    from terrastill.models.modelfile import require_task_model
 
     ds_path = Path(chips_dir) / "dataset.json"
     if not ds_path.exists():
@@ -37,6 +38,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
     device = resolve_device(device)
     loaded = _load(str(Path(model).resolve()), device)
     card = loaded.card
+    require_task_model(card, model, "predict")
     spec = card.input_spec
     check_spec(spec, dataset, str(chips_dir))
     bf16 = use_bf16(precision, card, device)

@@ -78,6 +78,9 @@ def predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence[
     device = resolve_device(device)
     loaded = _load(str(Path(model).resolve()), device)
     card, spec = loaded.card, loaded.card.input_spec
+    from terrastill.models.modelfile import require_task_model
+
+    require_task_model(card, model, "predict")
     steps, bands = int(spec["num_steps"]), list(spec["bands"])
     with rasterio.open(image) as src:
         if src.crs is None or src.crs.to_epsg() is None:

@@ -397,6 +397,9 @@ def predict(request: PredictRequest,
     device = resolve_device(req.device)
     loaded = _load(str(Path(req.model).resolve()), device)
     card = loaded.card
+    from terrastill.models.modelfile import require_task_model
+
+    require_task_model(card, req.model, "predict")
     spec = card.input_spec
     read = read_options(spec, req.max_cloud, req.tolerance)
     catalog_loc = req.catalog or spec.get("catalog")
