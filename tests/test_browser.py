@@ -160,7 +160,12 @@ def test_draw_submit_and_view(server, tmp_path):
             assert page.locator(".stage.done").count() == 3
 
             # overlay: legend, full opacity, no true colour, tiles loaded
-            assert page.inner_text("#legend").split() == ["dry", "flooded"]
+            assert page.inner_text("#legend").splitlines() == [
+                "dry", "flooded", "no data: cloud/missing"]
+            # the stand-in predicts every pixel of the AOI; one COG per layer, one link each
+            assert page.inner_text("#job-valid") == "100 % of the area predicted."
+            assert page.locator("#download-list a").all_inner_texts() == [
+                "classes", "true colour"]
             page.locator("#opacity").fill("100")
             page.uncheck("#show-truecolor")
             page.wait_for_function(

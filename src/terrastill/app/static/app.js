@@ -1,10 +1,11 @@
-// terrastill web map: draw boxes, pick a model and a date, run a job, watch it, view the result.
+// terrastill web map: see the imagery, draw boxes, pick a model and a date, run a job, view it.
 // Plain JS on MapLibre GL JS (copied from npm into vendor/ by `npm run --prefix web build`).
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "terrastill-token";
+  const DATE_KEY = "terrastill-date"; // a date the user picked wins over "latest imagery"
   const POLL_MS = 800;
   // A map position given in the URL (#zoom/lat/lon) wins over "open where the data is".
   const HASH_GIVEN = location.hash.length > 1;
@@ -24,6 +25,13 @@
     selected: null, // job id shown in the job panel
     shownLayers: null, // job id whose tiles are on the map
     pollTimer: null,
+    home: null, // lon/lat extent of the catalogue's imagery, when the server knows it
+    catalog: null, // GET /api/catalog, or null (older server, or not readable)
+    dateTouched: false,
+    imagerySeq: 0, // the latest imagery request; older answers are dropped
+    imagery: null, // {date, minzoom} of the imagery layer on the map
+    imageryProblem: "", // why there is no imagery layer, or why some of it fails to load
+    basemapFailed: false,
   };
 
   // ---------------------------------------------------------------- API helpers
@@ -123,6 +131,7 @@
     map.addSource("graticule", { type: "geojson", data: graticule() });
     map.addLayer({ id: "graticule", type: "line", source: "graticule",
       paint: { "line-color": "#2f3d4b", "line-width": 1 } });
+    // the basemap and the imagery go in here, between the graticule and the outlines
     map.addSource("home", { type: "geojson", data: emptyFC() });
     map.addLayer({ id: "home", type: "line", source: "home",
       paint: { "line-color": "#8a99a8", "line-width": 1.5, "line-dasharray": [4, 3] } });
@@ -143,6 +152,19 @@
   map.on("moveend", () => {
     const src = map.getSource("graticule");
     if (src) src.setData(graticule());
+    renderImageryNote();
+  });
+  // Tiles of the context layers (basemap, imagery) that fail are told in the panel, not thrown.
+  map.on("error", (e) => {
+    if (e.sourceId === "basemap") {
+      state.basemapFailed = true;
+      renderImageryNote();
+    } else if (e.sourceId === "imagery") {
+      state.imageryProblem = `Some imagery tiles failed: ${e.error && e.error.message}`;
+      renderImageryNote();
+    } else {
+      console.error(e.error || e);
+    }
   });
   map.on("mousemove", (e) => {
     $("cursor-pos").textContent = `lon ${e.lngLat.lng.toFixed(5)}  lat ${e.lngLat.lat.toFixed(5)}  z ${map.getZoom().toFixed(1)}`;
@@ -170,6 +192,24 @@
     if (!preview) renderBoxList();
   }
 
+  // The catalogue's coverage: a box that misses it entirely is refused before any job.
+  function coverageText() {
+    const [x0, y0, x1, y1] = state.home;
+    return `lon ${x0.toFixed(4)} to ${x1.toFixed(4)}, lat ${y0.toFixed(4)} to ${y1.toFixed(4)}`;
+  }
+  function outsideCoverage(b) {
+    const e = state.home;
+    return Boolean(e) && (b[2] < e[0] || b[0] > e[2] || b[3] < e[1] || b[1] > e[3]);
+  }
+  function partlyOutside(b) {
+    const e = state.home;
+    return Boolean(e) && (b[0] < e[0] || b[1] < e[1] || b[2] > e[2] || b[3] > e[3]);
+  }
+  function refuseBox() {
+    showError(`That box is outside the catalogue's coverage (its imagery spans ${coverageText()}): `
+      + "draw it over the dashed outline.");
+  }
+
   function renderBoxList() {
     const ul = $("box-list");
     ul.replaceChildren();
@@ -177,6 +217,11 @@
       const li = document.createElement("li");
       const span = document.createElement("span");
       span.textContent = `${i + 1}: ${b.map((v) => v.toFixed(4)).join(", ")}`;
+      if (partlyOutside(b)) {
+        li.classList.add("partial");
+        li.title = "Part of this box lies outside the imagery's coverage: it will be no data.";
+        span.textContent += " (partly outside the coverage)";
+      }
       const del = document.createElement("button");
       del.className = "link";
       del.title = "Remove this box";
@@ -216,7 +261,7 @@
     if (h) {
       const b = state.boxes[h.index];
       const corners = [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]];
-      state.drag = { kind: "resize", index: h.index, anchor: corners[(h.corner + 2) % 4] };
+      state.drag = { kind: "resize", index: h.index, anchor: corners[(h.corner + 2) % 4], before: b };
     } else if (state.drawMode || e.originalEvent.shiftKey) {
       state.drag = { kind: "draw", anchor: [e.lngLat.lng, e.lngLat.lat], start: e.point };
     } else {
@@ -247,10 +292,17 @@
     map.dragPan.enable();
     if (drag.kind === "draw" && e && e.lngLat) {
       const moved = Math.hypot(e.point.x - drag.start.x, e.point.y - drag.start.y);
-      if (moved > 4) {
-        state.boxes.push(normBox(drag.anchor, [e.lngLat.lng, e.lngLat.lat]));
+      const b = normBox(drag.anchor, [e.lngLat.lng, e.lngLat.lat]);
+      if (moved > 4 && outsideCoverage(b)) {
+        refuseBox();
+      } else if (moved > 4) {
+        state.boxes.push(b);
         setDrawMode(false);
+        clearError();
       }
+    } else if (drag.kind === "resize" && outsideCoverage(state.boxes[drag.index])) {
+      state.boxes[drag.index] = drag.before;
+      refuseBox();
     }
     renderBoxes();
   }
@@ -265,6 +317,7 @@
       return;
     }
     const b = normBox([parts[0], parts[1]], [parts[2], parts[3]]);
+    if (outsideCoverage(b)) { refuseBox(); return; }
     state.boxes.push(b);
     renderBoxes();
     map.fitBounds([[b[0], b[1]], [b[2], b[3]]], { padding: 60, duration: 0 });
@@ -346,6 +399,12 @@
       model: $("model-select").value,
     };
     if (!body.date) { showError("Pick a date."); return; }
+    const outside = state.boxes.findIndex(outsideCoverage);
+    if (outside >= 0) {
+      showError(`Box ${outside + 1} is outside the catalogue's coverage (its imagery spans `
+        + `${coverageText()}): remove it or draw it over the dashed outline.`);
+      return;
+    }
     if ($("cloud-input").value !== "") body.max_cloud = Number($("cloud-input").value);
     if ($("tol-input").value !== "") body.tolerance = Number($("tol-input").value);
     $("submit-btn").disabled = true;
@@ -458,24 +517,97 @@
     $("job-timings").textContent = t ? `timings: ${t}` : "";
     $("cancel-btn").hidden = !(job.status === "queued" || job.status === "running");
     $("job-result").hidden = job.status !== "done";
-    $("download-btn").disabled = !(job.links.download && job.links.download.classes);
+    renderValidShare(job);
     renderLegend(job);
+    renderDownloads(job);
+  }
+
+  // How much of the AOI got a prediction; the rest is no data (cloud, or no scene there).
+  function renderValidShare(job) {
+    const box = $("job-valid");
+    const share = job.valid_share;
+    box.hidden = job.status !== "done" || typeof share !== "number";
+    if (box.hidden) return;
+    // never round a partial result up to "100 %" or down to "0 %"
+    const pct = share >= 1 ? 100 : share <= 0 ? 0
+      : Math.min(99, Math.max(1, Math.round(share * 100)));
+    box.classList.toggle("warn", share < 0.5);
+    if (pct === 100) {
+      box.textContent = "100 % of the area predicted.";
+    } else if (pct === 0) {
+      box.textContent = "Nothing of the area could be predicted: it had no usable imagery "
+        + "(cloud or missing) near this date. Try a date with imagery.";
+    } else {
+      box.textContent = `${pct} % of the area predicted; the rest had no usable imagery `
+        + "(cloud or missing) and is left as no data.";
+    }
+  }
+
+  const LAYER_LABELS = { classes: "classes", truecolor: "true colour", probabilities: "probabilities" };
+
+  // One link per product part (a job across UTM zones has one COG per zone).
+  function renderDownloads(job) {
+    const ul = $("download-list");
+    ul.replaceChildren();
+    const download = (job.links && job.links.download) || {};
+    for (const [layer, urls] of Object.entries(download)) {
+      (Array.isArray(urls) ? urls : [urls]).forEach((url, i, all) => {
+        const li = document.createElement("li");
+        const a = document.createElement("a");
+        const part = all.length > 1 ? ` · part ${i + 1} of ${all.length}` : "";
+        a.href = url;
+        a.textContent = `${LAYER_LABELS[layer] || layer}${part}`;
+        a.download = `terrastill-${job.id}-${layer}${all.length > 1 ? `-${i}` : ""}.tif`;
+        a.addEventListener("click", (ev) => {
+          if (!state.token) return; // a plain link: the browser downloads it
+          ev.preventDefault(); // the token goes in a header, which a link cannot send
+          downloadWithToken(url, a.download);
+        });
+        li.append(a);
+        ul.append(li);
+      });
+    }
+    $("downloads").hidden = !ul.children.length;
+  }
+
+  async function downloadWithToken(url, name) {
+    clearError();
+    try {
+      const res = await fetch(url, { headers: authHeaders() });
+      if (!res.ok) throw new Error(messageOf(await res.json().catch(() => null), res.status));
+      const blob = await res.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = name;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (err) {
+      showError(err);
+    }
   }
 
   function renderLegend(job) {
     const lg = $("legend");
     lg.replaceChildren();
-    for (const c of job.classes || []) {
+    const entry = (name, color) => {
       const item = document.createElement("div");
       item.className = "item";
       const sw = document.createElement("span");
       sw.className = "swatch";
-      sw.style.background = c.color;
-      const name = document.createElement("span");
-      name.textContent = c.name;
-      item.append(sw, name);
+      if (color) sw.style.background = color; else sw.classList.add("nodata");
+      const label = document.createElement("span");
+      label.textContent = name;
+      item.append(sw, label);
       lg.append(item);
-    }
+      return item;
+    };
+    for (const c of job.classes || []) entry(c.name, c.color);
+    // no-data pixels are transparent in the tiles: say what an empty spot in the AOI means
+    entry("no data: cloud/missing", null).title =
+      "Inside the area but without a prediction: no usable imagery there (cloud, cloud "
+      + "shadow or no scene) near the job's date.";
   }
 
   function removeJobLayers() {
@@ -531,25 +663,6 @@
     const job = state.jobs.find((j) => j.id === state.selected);
     if (job) zoomTo(job);
   });
-  $("download-btn").addEventListener("click", async () => {
-    const job = state.jobs.find((j) => j.id === state.selected);
-    if (!job || !job.links.download.classes) return;
-    clearError();
-    try {
-      const res = await fetch(job.links.download.classes[0], { headers: authHeaders() });
-      if (!res.ok) throw new Error(messageOf(await res.json().catch(() => null), res.status));
-      const blob = await res.blob();
-      const a = document.createElement("a");
-      a.href = URL.createObjectURL(blob);
-      a.download = `terrastill-${job.id}-classes.tif`;
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-    } catch (err) {
-      showError(err);
-    }
-  });
 
   async function pollSelected(zoomWhenDone = true) {
     clearTimeout(state.pollTimer);
@@ -592,8 +705,11 @@
     $("health").textContent = `v${health.version} · ${health.runner}`;
     state.home = health.home;
     await loadModels();
+    await loadCatalog();
     await mapLoaded;
     showHome();
+    showBasemap();
+    loadImagery(); // in the background: the job list need not wait for it
     await refreshJobs(true);
   }
 
@@ -602,7 +718,161 @@
     map.getSource("home").setData({ type: "Feature", properties: {},
       geometry: { type: "Polygon", coordinates: boxPolygon(state.home) } });
     $("home-hint").hidden = false;
+    $("extent-toggle").hidden = false;
   }
+
+  // ---------------------------------------------------------------- the catalogue's imagery
+  const imageryDates = () => (state.catalog && state.catalog.dates) || [];
+
+  function setNote(id, text) {
+    $(id).textContent = text || "";
+    $(id).hidden = !text;
+  }
+
+  async function loadCatalog() {
+    try {
+      state.catalog = await api("api/catalog");
+    } catch (err) {
+      // an older server has no /api/catalog: the map works as before, just without context
+      console.info(`no catalogue description (${err.message})`);
+      state.catalog = null;
+    }
+    const cat = state.catalog;
+    if (cat && cat.extent) state.home = cat.extent;
+    const dates = imageryDates();
+    $("imagery-toggle").hidden = !dates.length;
+    const list = $("imagery-dates");
+    list.replaceChildren(...dates.map((d) => Object.assign(document.createElement("option"), { value: d })));
+    if (!cat) {
+      setNote("catalog-info", "This server does not describe its imagery: pick any date.");
+    } else if (!dates.length) {
+      setNote("catalog-info", "No imagery to preview: this server's catalogue is remote or "
+        + "not set. Jobs still search it for the date you pick.");
+    } else {
+      const span = cat.start === cat.end ? `on ${cat.start}` : `from ${cat.start} to ${cat.end}`;
+      setNote("catalog-info", `Scenes ${span}, on ${dates.length} date${dates.length > 1 ? "s" : ""}.`);
+    }
+    if (!state.dateTouched && dates.length) $("date-input").value = dates[dates.length - 1];
+    renderDateHint();
+  }
+
+  function showBasemap() {
+    const url = state.catalog && state.catalog.basemap;
+    if (!url || map.getSource("basemap")) return;
+    let host = url;
+    try { host = new URL(url).host; } catch (err) { /* keep the template as its own name */ }
+    map.addSource("basemap", { type: "raster", tiles: [url], tileSize: 256, maxzoom: 19,
+      attribution: `basemap: ${host}` });
+    map.addLayer({ id: "basemap", type: "raster", source: "basemap",
+      layout: { visibility: $("show-basemap").checked ? "visible" : "none" } },
+    map.getLayer("imagery") ? "imagery" : "home");
+    $("basemap-toggle").hidden = false;
+  }
+
+  function removeImagery() {
+    if (map.getLayer("imagery")) map.removeLayer("imagery");
+    if (map.getSource("imagery")) map.removeSource("imagery");
+    state.imagery = null;
+    $("imagery-date").textContent = "";
+  }
+
+  // The true-colour mosaic of the catalogue's scenes on the date nearest the chosen one.
+  async function loadImagery() {
+    const seq = ++state.imagerySeq;
+    const day = $("date-input").value;
+    state.imageryProblem = "";
+    if (!imageryDates().length || !day) {
+      removeImagery();
+      renderImageryNote();
+      return;
+    }
+    let tj;
+    try {
+      tj = await api(`api/imagery/tilejson.json?date=${encodeURIComponent(day)}`);
+      await mapLoaded;
+    } catch (err) {
+      if (seq !== state.imagerySeq) return;
+      removeImagery();
+      state.imageryProblem = `No imagery to show for ${day}: ${err.message}`;
+      renderImageryNote();
+      return;
+    }
+    if (seq !== state.imagerySeq) return;
+    removeImagery();
+    map.addSource("imagery", { type: "raster", tiles: tj.tiles, bounds: tj.bounds,
+      minzoom: tj.minzoom, maxzoom: tj.maxzoom, tileSize: 256, attribution: tj.attribution });
+    map.addLayer({ id: "imagery", type: "raster", source: "imagery",
+      layout: { visibility: $("show-imagery").checked ? "visible" : "none" } }, "home");
+    const named = /\d{4}-\d{2}-\d{2}/.exec(tj.name || "");
+    state.imagery = { date: named ? named[0] : day, minzoom: tj.minzoom || 0 };
+    $("imagery-date").textContent = `of ${state.imagery.date}`;
+    renderImageryNote();
+  }
+
+  function renderImageryNote() {
+    const im = state.imagery;
+    const chosen = $("date-input").value;
+    const notes = [];
+    if (state.imageryProblem) notes.push(state.imageryProblem);
+    if (im && chosen && im.date !== chosen) notes.push(`Showing ${im.date}, the imagery nearest ${chosen}.`);
+    if (im && $("show-imagery").checked && map.getZoom() < im.minzoom - 0.5) {
+      notes.push(`Zoom in to see it (from zoom ${im.minzoom}).`);
+    }
+    if (state.basemapFailed && $("show-basemap").checked) {
+      notes.push("The basemap's tiles do not load (is this browser offline?).");
+    }
+    setNote("imagery-note", notes.join(" "));
+  }
+
+  // Below the date: whether the chosen date has imagery, and the nearest one when not.
+  function renderDateHint() {
+    const dates = imageryDates();
+    const day = $("date-input").value;
+    const before = dates.filter((d) => d < day);
+    const after = dates.filter((d) => d > day);
+    $("date-prev").disabled = !before.length;
+    $("date-next").disabled = !after.length;
+    if (!dates.length || !day) { setNote("date-hint", ""); return; }
+    if (dates.includes(day)) {
+      setNote("date-hint", `Imagery on ${day}. ‹ › step through the ${dates.length} dates with imagery.`);
+      return;
+    }
+    const gap = (d) => Math.abs(Date.parse(d) - Date.parse(day)) / 86400000;
+    const nearest = [...before.slice(-1), ...after.slice(0, 1)].sort((a, b) => gap(a) - gap(b))[0];
+    const n = Math.round(gap(nearest));
+    setNote("date-hint", `No scene on ${day}; the nearest imagery is ${nearest} `
+      + `(${n} day${n === 1 ? "" : "s"} ${nearest < day ? "earlier" : "later"}).`);
+  }
+
+  let dateTimer = null;
+  function dateChanged(byUser) {
+    if (byUser) {
+      state.dateTouched = true;
+      sessionStorage.setItem(DATE_KEY, $("date-input").value);
+    }
+    renderDateHint();
+    clearTimeout(dateTimer);
+    dateTimer = setTimeout(loadImagery, 250); // typing a date changes it once per keystroke
+  }
+  $("date-input").addEventListener("change", () => dateChanged(true));
+  const stepDate = (dir) => {
+    const day = $("date-input").value;
+    const dates = imageryDates();
+    const next = dir < 0 ? dates.filter((d) => d < day).pop() : dates.find((d) => d > day);
+    if (!next) return;
+    $("date-input").value = next;
+    dateChanged(true);
+  };
+  $("date-prev").addEventListener("click", () => stepDate(-1));
+  $("date-next").addEventListener("click", () => stepDate(1));
+
+  const toggle = (box, layer) => $(box).addEventListener("change", () => {
+    if (map.getLayer(layer)) map.setLayoutProperty(layer, "visibility", $(box).checked ? "visible" : "none");
+    renderImageryNote();
+  });
+  toggle("show-imagery", "imagery");
+  toggle("show-basemap", "basemap");
+  toggle("show-extent", "home");
 
   function goHome() {
     // No position in the URL and no job to show: open over the imagery the server knows.
@@ -619,7 +889,9 @@
     }
   }, 5000);
 
-  $("date-input").value = new Date().toISOString().slice(0, 10);
+  const remembered = sessionStorage.getItem(DATE_KEY);
+  state.dateTouched = Boolean(remembered);
+  $("date-input").value = remembered || new Date().toISOString().slice(0, 10);
   renderBoxList();
   start().catch(showError);
 })();
