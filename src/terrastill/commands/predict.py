@@ -50,6 +50,10 @@ def predict(
              "default: the band descriptions."),
     scale: float = typer.Option(1.0, "--scale", help="--image: value × scale + offset."),
     offset: float = typer.Option(0.0, "--offset", help="--image: added after scaling."),
+    nodata: float | None = typer.Option(
+        None, "--nodata",
+        help="--image: the value of missing pixels (default: the file's nodata tag; pixels "
+             "outside the image and NaN are always missing)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -83,9 +87,12 @@ def predict(
             task = bar.add_task("predict image", total=100)
             res = predict_image(model, image, out, names, scale, offset, overlap, batch_size,
                                 precision, name, probabilities, device,
-                                truecolor, lambda _s, f: bar.update(task, completed=round(f * 100)))
+                                truecolor, lambda _s, f: bar.update(task, completed=round(f * 100)),
+                                nodata=nodata)
         for p in res.classes + res.probabilities + res.truecolor:
             console.print(f"[green]✓[/] {p}")
+        for note in res.warnings:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
         return
 
     from shapely.geometry.base import BaseGeometry

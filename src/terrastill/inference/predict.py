@@ -88,6 +88,7 @@ class PredictResult:
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 0
     pixels: int = 0
+    warnings: list[str] = field(default_factory=list)  # for the user: likely wrong inputs
 
 
 @dataclass
