@@ -62,15 +62,10 @@ def pretrain_args(args: argparse.Namespace, out: Path) -> list[str]:
     if args.images:
         return ["pretrain", *source_args(args), *common]
     meta = json.loads((Path(args.chips) / "dataset.json").read_text())
-    index = pd.read_parquet(Path(args.chips) / "index.parquet")
-    import shapely
+    import geopandas as gpd
 
-    bounds = shapely.from_wkb(index["geometry"]).total_bounds if index["geometry"].dtype == \
-        object and isinstance(index["geometry"].iloc[0], bytes) else None
-    if bounds is None:
-        import geopandas as gpd
-
-        bounds = gpd.read_parquet(Path(args.chips) / "index.parquet").total_bounds
+    index = gpd.read_parquet(Path(args.chips) / "index.parquet")
+    bounds = index.total_bounds
     dates = sorted(index["date"])
     return ["pretrain", "--catalog", args.catalog or meta["catalog"], "--bbox",
             *(f"{v:.6f}" for v in bounds), "--start", args.start or dates[0], "--end",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -95,15 +96,25 @@ def pretrain(world: dict[str, Any], out: Path, args: argparse.Namespace) -> Path
     return model
 
 
-def score(model: Path, world: dict[str, Any], out: Path) -> dict[str, Any]:
+def prediction_date(world: dict[str, Any], quick: bool) -> dt.date:
+    """The demo's rule: the clearest acquisition date within 30 days after the flood."""
+    from terrastill.data.temporal import TemporalOptions
+    from terrastill.demo import clearest_date
+
+    flood = dt.date.fromisoformat(world["tasks"]["flood"]["date"])
+    last = min(flood + dt.timedelta(days=30), dt.date.fromisoformat(world["end"]))
+    t = TemporalOptions(num_steps=3, temporal_step=8 if quick else 14,
+                        temporal_tolerance=4 if quick else 7, max_cloud=60)
+    return clearest_date(world["catalog"], flood, last, t)
+
+
+def score(model: Path, world: dict[str, Any], out: Path, date: dt.date) -> dict[str, Any]:
     """Predict the flood over the whole world and score it against the truth rasters."""
     from terrastill.inference.aoi import bbox_aoi
     from terrastill.inference.predict import PredictRequest, predict
     from terrastill.inference.truth import confusion, scores
 
     task = world["tasks"]["flood"]
-    date = min(dt.date.fromisoformat(task["date"]) + dt.timedelta(days=12),
-               dt.date.fromisoformat(world["end"]))
     res = predict(PredictRequest(model=model, aois=[bbox_aoi(world["bbox"])], date=date,
                                  out_dir=out, catalog=world["catalog"], name="flood",
                                  precision="fp32"))
@@ -132,47 +143,58 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
     world = load_manifest(world_dir)
     chips = make_flood_chips(world, out / "chips", args.chip_size, args.smoke)
     mae = pretrain(world, out / "pretrain", args)
+    date = prediction_date(world, args.smoke)
+    console.print(f"predicting on {date}, the clearest date after the flood")
     rows: list[dict[str, Any]] = []
-    for size in args.sizes.split(","):
-        n = None if size == "all" else int(size)
-        data = out / f"subset-{size}"
-        picked = subset(chips, data, n, args.seed)
-        for arm, weights in (("scratch", None), ("pretrained", str(mae))):
-            model_dir = out / f"teacher-{size}-{arm}"
-            model = model_dir / "model.pt"
-            t0 = time.perf_counter()
-            if not model.exists():
-                fit(data, model_dir, TrainOptions(model="tiny", epochs=args.epochs,
-                                                  seed=args.seed, weights=weights,
-                                                  progress=False, name=f"flood-{arm}-{size}"))
-            s = score(model, world, model_dir / "prediction")
-            rows.append({"size": size, "arm": arm, **picked, "miou": round(s["miou"], 4),
-                         "accuracy": round(s["accuracy"], 4),
-                         "water_iou": s["iou"].get("water"), "pixels": s["pixels"],
-                         "seconds": round(time.perf_counter() - t0, 1)})
-            console.print(rows[-1])
+    for seed in range(args.seed, args.seed + args.seeds):
+        for size in args.sizes.split(","):
+            n = None if size == "all" else int(size)
+            data = out / f"subset-{size}-s{seed}"
+            picked = subset(chips, data, n, seed)
+            for arm, weights in (("scratch", None), ("pretrained", str(mae))):
+                model_dir = out / f"teacher-{size}-{arm}-s{seed}"
+                model = model_dir / "model.pt"
+                t0 = time.perf_counter()
+                if not model.exists():
+                    fit(data, model_dir, TrainOptions(model="tiny", epochs=args.epochs,
+                                                      seed=seed, weights=weights,
+                                                      progress=False,
+                                                      name=f"flood-{arm}-{size}"))
+                s = score(model, world, model_dir / "prediction", date)
+                rows.append({"size": size, "arm": arm, "seed": seed, **picked,
+                             "miou": round(s["miou"], 4), "accuracy": round(s["accuracy"], 4),
+                             "water_iou": s["iou"].get("water"), "pixels": s["pixels"],
+                             "seconds": round(time.perf_counter() - t0, 1)})
+                console.print(rows[-1])
     return rows
 
 
 def report(rows: list[dict[str, Any]], out: Path) -> str:
-    by = {(r["size"], r["arm"]): r for r in rows}
-    lines = ["| training observations (chips) | scratch mIoU | pretrained mIoU | Δ |",
-             "|---|---:|---:|---:|"]
+    """Mean ± standard deviation over seeds per size and arm, and the paired difference."""
+    frame = pd.DataFrame(rows)
+    lines = ["| training observations (chips), mean over seeds | scratch mIoU | pretrained "
+             "mIoU | Δ (paired) | seeds |", "|---|---:|---:|---:|---:|"]
     for size in dict.fromkeys(r["size"] for r in rows):
-        s, p = by.get((size, "scratch")), by.get((size, "pretrained"))
-        if not s or not p:
+        sub = frame[frame["size"] == size]
+        s = sub[sub["arm"] == "scratch"].set_index("seed")
+        p = sub[sub["arm"] == "pretrained"].set_index("seed")
+        both = s.index.intersection(p.index)
+        if not len(both):
             continue
-        lines.append(f"| {size}: {s['observations']} ({s['chips']}) | {s['miou']:.3f} | "
-                     f"{p['miou']:.3f} | {p['miou'] - s['miou']:+.3f} |")
+        d = p.loc[both, "miou"] - s.loc[both, "miou"]
+        lines.append(f"| {size}: {s['observations'].mean():.0f} ({s['chips'].mean():.0f}) | "
+                     f"{s['miou'].mean():.3f} ± {s['miou'].std(ddof=0):.3f} | "
+                     f"{p['miou'].mean():.3f} ± {p['miou'].std(ddof=0):.3f} | "
+                     f"{d.mean():+.3f} ± {d.std(ddof=0):.3f} | {len(both)} |")
     md = "\n".join(lines) + "\n"
     (out / "data_efficiency.md").write_text(md)
     (out / "data_efficiency.json").write_text(json.dumps(rows, indent=2))
     table = Table(title="data efficiency (dense-truth mIoU)")
-    for col in ("size", "arm", "observations", "chips", "miou", "water_iou", "seconds"):
+    cols = ("size", "arm", "seed", "observations", "chips", "miou", "water_iou", "seconds")
+    for col in cols:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("size", "arm", "observations", "chips", "miou",
-                                            "water_iou", "seconds")))
+        table.add_row(*(str(r[c]) for c in cols))
     console.print(table)
     return md
 
@@ -187,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-samples", type=int, default=512)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=3, help="repeats (subset draw and training)")
     ap.add_argument("--smoke", action="store_true", help="a tiny world and sizes, seconds")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     world = args.world or args.out / "world"
     if args.smoke:
-        args.sizes, args.epochs, args.chip_size = "5,all", 1, 16
+        args.sizes, args.epochs, args.chip_size, args.seeds = "5,all", 1, 16, 1
         args.pretrain_samples, args.pretrain_epochs = 8, 1
     if not (world / "world.json").exists():
         from terrastill.world.build import build_world
