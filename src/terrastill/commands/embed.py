@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import typer
@@ -94,23 +93,14 @@ def embed(
         console.print(f"[green]✓[/] {path}")
         return
 
-    from shapely.geometry.base import BaseGeometry
 
     from terrastill.embeddings.raster import EmbedRequest, embed_aoi
-    from terrastill.inference.aoi import bbox_aoi, file_aois
+    from terrastill.inference.aoi import request_aois
 
     if model is None:
         raise BadInputError(f"--encoder {encoder}: AOI embedding needs a MODEL file (its "
                             "input spec says what to read); use --chips or --images")
-    if date is None:
-        raise BadInputError("--date is required for an AOI (the date of the last time step)")
-    try:
-        day = dt.date.fromisoformat(date)
-    except ValueError:
-        raise BadInputError(f"--date {date!r}: expected an ISO date (YYYY-MM-DD)") from None
-    aois: list[BaseGeometry] = [bbox_aoi(bbox)] if bbox else []
-    for p in aoi or []:
-        aois += file_aois(p)
+    day, aois = request_aois(bbox, aoi, date)
     req = EmbedRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
                        max_cloud=max_cloud, tolerance=tolerance, precision=precision,
                        device=device, batch_size=batch_size, workers=workers,

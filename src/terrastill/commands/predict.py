@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import typer
@@ -65,7 +64,6 @@ def predict(
         --date 2024-08-12 --catalog demo-out/world/catalog.json --out demo-out/pred
     """
     setup_logging(verbose)
-    from terrastill.errors import BadInputError
     from terrastill.progress import progress_bar
 
     if chips_dir is not None:
@@ -95,23 +93,12 @@ def predict(
             console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
         return
 
-    from shapely.geometry.base import BaseGeometry
 
-    from terrastill.inference.aoi import bbox_aoi, file_aois
+    from terrastill.inference.aoi import request_aois
     from terrastill.inference.predict import PredictRequest
     from terrastill.inference.predict import predict as run_predict
 
-    if date is None:
-        raise BadInputError("--date is required (the date of the last time step)")
-    try:
-        day = dt.date.fromisoformat(date)
-    except ValueError:
-        raise BadInputError(f"--date {date!r}: expected an ISO date (YYYY-MM-DD)") from None
-    aois: list[BaseGeometry] = []
-    if bbox:
-        aois.append(bbox_aoi(bbox))
-    for p in aoi or []:
-        aois += file_aois(p)
+    day, aois = request_aois(bbox, aoi, date)
     req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
                          max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
                          precision=precision, device=device, batch_size=batch_size,

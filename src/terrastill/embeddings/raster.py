@@ -310,8 +310,7 @@ def _tags(enc: ViTEncoder, req: EmbedRequest, res: float, size: int) -> dict[str
 def embed_aoi(req: EmbedRequest, progress: Callable[[int, int], None] | None = None
               ) -> EmbedResult:
     """Embed the request's AOIs with a model file's encoder; one COG + STAC item per zone."""
-    from terrastill.catalog import Search, open_catalog
-    from terrastill.data.plan import catalog_collections
+    from terrastill.catalog import Search
     from terrastill.inference.aoi import split_by_zone, validate_aois
     from terrastill.inference.predict import _blocks, _check_output, read_options
     from terrastill.scale import dask_client
@@ -324,7 +323,7 @@ def embed_aoi(req: EmbedRequest, progress: Callable[[int, int], None] | None = N
                             f"{req.block_windows}: expected positive whole numbers")
     aois = validate_aois(req.aois, req.max_area_km2)
     enc = model_file_encoder(req.model, req.device, req.precision)
-    from terrastill.inference.predict import _load, resolve_device
+    from terrastill.inference.predict import _load, model_catalog, resolve_device
 
     device = resolve_device(req.device)
     spec = _load(str(Path(req.model).resolve()), device).card.input_spec
@@ -333,14 +332,7 @@ def embed_aoi(req: EmbedRequest, progress: Callable[[int, int], None] | None = N
         raise SpecMismatchError(f"{req.model}: chip size {size} is not a multiple of the "
                                 f"patch size {enc.patch}")
     read = read_options(spec, req.max_cloud, req.tolerance)
-    catalog_loc = req.catalog or spec.get("catalog")
-    if not catalog_loc:
-        raise BadInputError("no catalogue: pass --catalog (the model file names none)")
-    cat = open_catalog(str(catalog_loc))
-    try:
-        collections = catalog_collections(cat, read)
-    except BadInputError as exc:
-        raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
+    cat, collections, _location = model_catalog(spec, req.catalog, read)
     res = float(spec.get("resolution") or read.profile.resolution)
     zones = []
     for epsg, piece in split_by_zone(aois):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,21 @@ def file_aois(path: str | Path) -> list[BaseGeometry]:
     if not geoms:
         raise BadInputError(f"{path}: no geometry in the AOI file")
     return geoms
+
+
+def request_aois(bbox: Sequence[float] | None, files: Sequence[str | Path] | None,
+                 date: str | None) -> tuple[dt.date, list[BaseGeometry]]:
+    """The date and AOIs of an AOI command (``--date``, ``--bbox``, ``--aoi`` files)."""
+    if date is None:
+        raise BadInputError("--date is required for an AOI (the date of the last time step)")
+    try:
+        day = dt.date.fromisoformat(date)
+    except ValueError:
+        raise BadInputError(f"--date {date!r}: expected an ISO date (YYYY-MM-DD)") from None
+    aois = [bbox_aoi(bbox)] if bbox else []
+    for p in files or []:
+        aois += file_aois(p)
+    return day, aois
 
 
 def geojson_aoi(obj: dict) -> BaseGeometry:

@@ -281,6 +281,21 @@ def _nearest_dates(cat: Any, collections: tuple[str, ...], bbox: tuple, date: dt
     return sorted(dates, key=lambda d: abs((dt.date.fromisoformat(d) - date).days))[:4]
 
 
+def model_catalog(spec: dict, catalog: str | None,
+                  read: ReadOptions) -> tuple[Any, tuple[str, ...], str]:
+    """The catalogue a request reads (``catalog``, else the model's), its collections of the
+    model's source, and its location; clear errors when there is none or it lacks them."""
+    catalog_loc = catalog or spec.get("catalog")
+    if not catalog_loc:
+        raise BadInputError("no catalogue: pass --catalog (the model file names none)")
+    cat = open_catalog(str(catalog_loc))
+    try:
+        collections = catalog_collections(cat, read)
+    except BadInputError as exc:
+        raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
+    return cat, collections, str(catalog_loc)
+
+
 def _check_output(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,14 +418,7 @@ def predict(request: PredictRequest,
     require_task_model(card, req.model, "predict")
     spec = card.input_spec
     read = read_options(spec, req.max_cloud, req.tolerance)
-    catalog_loc = req.catalog or spec.get("catalog")
-    if not catalog_loc:
-        raise BadInputError("no catalogue: pass --catalog (the model file names none)")
-    cat = open_catalog(str(catalog_loc))
-    try:
-        collections = catalog_collections(cat, read)
-    except BadInputError as exc:
-        raise SpecMismatchError(f"model expects source {spec['source']!r}: {exc}") from exc
+    cat, collections, catalog_loc = model_catalog(spec, req.catalog, read)
     bf16 = use_bf16(req.precision, card, device)
     read_ahead = req.read_ahead if req.read_ahead is not None else \
         int(device.startswith("cuda"))
