@@ -312,3 +312,17 @@ def test_no_usable_window_is_refused(small_world, tmp_path: Path) -> None:
     args[args.index("--chip-size") + 1] = "64"
     args[args.index("--samples") + 1] = "2"
     _assert_refused(runner.invoke(app, args), out, "no usable window", "exceed 0% masked")
+
+
+def test_windows_are_flipped_and_rotated_only_when_asked() -> None:
+    from terrastill.embeddings.pretrain import WindowDataset
+
+    arr = np.arange(2 * 1 * 3 * 4 * 4, dtype=np.float32).reshape(2, 1, 3, 4, 4)  # N,T,C,H,W
+    plain = WindowDataset(arr, [0.0] * 3, [1.0] * 3)
+    assert torch.equal(plain[0], plain[0]) and plain[0].shape == (3, 1, 4, 4)
+    aug = WindowDataset(arr, [0.0] * 3, [1.0] * 3, augment=True)
+    torch.manual_seed(0)
+    seen = {tuple(aug[0].flatten().tolist()) for _ in range(40)}
+    assert len(seen) > 3  # several of the 8 flips/rotations
+    for v in seen:  # each is the same window, moved: the same values
+        assert sorted(v) == sorted(plain[0].flatten().tolist())

@@ -63,6 +63,8 @@ def pretrain(
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Share of tokens masked."),
     norm_pix_loss: bool = typer.Option(False, "--norm-pix-loss",
                                        help="Per-patch normalised pixel targets."),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="Random flips and 90° rotations of every window."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     resume: bool = typer.Option(False, "--resume",
@@ -106,7 +108,8 @@ def pretrain(
                                    temporal_step, temporal_tolerance, max_cloud, chip_size,
                                    samples, seed, spec)
     opts = PretrainOptions(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                           mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, seed=seed,
+                           mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+                           augment=augment, seed=seed,
                            workers=workers, resume=resume, weights=weights, device=device,
                            name=name, command=shlex.join(["terrastill", *sys.argv[1:]]))
     result = run_pretrain(windows, out, opts)

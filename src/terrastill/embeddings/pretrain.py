@@ -30,6 +30,7 @@ from terrastill.embeddings.mae import MaskedAutoencoder
 from terrastill.embeddings.sampling import Windows
 from terrastill.errors import BadInputError
 from terrastill.progress import progress_bar
+from terrastill.training.augment import FlipRotate
 from terrastill.training.train import plain, quiet_lightning, resolve_device
 
 MAE_FORMAT = "terrastill-mae"
@@ -46,6 +47,7 @@ class PretrainOptions:
     weight_decay: float = 0.05
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
+    augment: bool = True  # random flips and 90° rotations of each window, every epoch
     seed: int = 0
     workers: int = 0
     resume: bool = False
@@ -56,19 +58,24 @@ class PretrainOptions:
 
 
 class WindowDataset(Dataset):
-    """Normalised windows (C, T, H, W) float32 with NaN kept (the MAE masks it out)."""
+    """Normalised windows (C, T, H, W) float32 with NaN kept (the MAE masks it out), flipped
+    and rotated at random when ``augment`` (overhead images have no up)."""
 
-    def __init__(self, array: np.ndarray, mean: list[float], std: list[float]) -> None:
+    def __init__(self, array: np.ndarray, mean: list[float], std: list[float],
+                 augment: bool = False) -> None:
         m = np.asarray(mean, np.float32).reshape(1, 1, -1, 1, 1)
         s = np.asarray(std, np.float32).reshape(1, 1, -1, 1, 1)
         x = (array.astype(np.float32) - m) / s
         self.x = torch.from_numpy(np.ascontiguousarray(np.swapaxes(x, 1, 2)))
+        self.augment = FlipRotate() if augment else None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.x[i]
+        if self.augment is None:
+            return self.x[i]
+        return self.augment({"image": self.x[i]})["image"]
 
 
 class MAEModule(L.LightningModule):
@@ -153,7 +160,7 @@ def pretrain(windows: Windows, out_dir: str | Path, options: PretrainOptions | N
     quiet_lightning()
     device = resolve_device(opt.device)
     mean, std = windows.stats()
-    ds = WindowDataset(windows.array, mean, std)
+    ds = WindowDataset(windows.array, mean, std, augment=opt.augment)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
