@@ -316,9 +316,9 @@ def main() -> None:
     args = ap.parse_args()
 
     logging.basicConfig(level=logging.WARNING)
-    from terrastill.training.train import _quiet_lightning
+    from terrastill.training.train import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     given = dict(item.split("=", 1) for item in args.chips)
