@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     world = args.world or args.out / "world"
     if args.smoke:
-        args.sizes, args.epochs, args.chip_size, args.seeds = "5,all", 1, 16, 1
+        args.sizes, args.epochs, args.chip_size, args.seeds = "5", 1, 16, 1
         args.pretrain_samples, args.pretrain_epochs = 8, 1
     if not (world / "world.json").exists():
         from terrastill.world.build import build_world

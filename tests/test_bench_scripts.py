@@ -50,3 +50,24 @@ def test_bench_predict_reports_the_split_and_memory(small_world, flood_model):
     small, large = row["pixels_small_vs_4x"]
     assert large > 2 * small
     assert 0 < row["peak_rss_mb_small_aoi"] < 1536 and 0 < row["peak_rss_mb_4x_aoi"] < 1536
+
+
+@pytest.mark.slow
+def test_bench_embeddings_smoke(tmp_path):
+    mod = load("bench_embeddings")
+    assert mod.main(["--smoke", "--encoders", "spectral,pretrained", "--out",
+                     str(tmp_path)]) == 0
+    summary = __import__("json").loads((tmp_path / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"spectral", "pretrained"}
+    assert "int8_within_interval" in summary["checks"]["pretrained"]
+    assert (tmp_path / "summary.md").read_text().count("\n") == 4  # header, rule, 2 rows
+
+
+@pytest.mark.slow
+def test_data_efficiency_smoke(tmp_path):
+    mod = load("data_efficiency")
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = __import__("json").loads((tmp_path / "data_efficiency.json").read_text())
+    assert {r["arm"] for r in rows} == {"scratch", "pretrained"}
+    assert all(0 <= r["miou"] <= 1 and r["chips"] >= 1 for r in rows)
+    assert "pretrained mIoU" in (tmp_path / "data_efficiency.md").read_text()
