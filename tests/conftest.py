@@ -59,3 +59,19 @@ def flood_model(flood_dataset, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("flood-model")
     return fit(flood_dataset, out, TrainOptions(model="tiny", epochs=12, seed=0, progress=False))
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> dict:
+    """``terrastill demo --quick`` run once: its folder, summary and console output."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from terrastill.cli import app
+
+    out = tmp_path_factory.mktemp("quick-demo") / "demo"
+    res = CliRunner().invoke(app, ["demo", str(out), "--quick"])
+    assert res.exit_code == 0, res.output
+    return {"out": out, "summary": json.loads((out / "summary.json").read_text()),
+            "output": res.output}

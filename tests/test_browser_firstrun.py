@@ -186,19 +186,20 @@ def _first_run(p: Page, tmp_path: Path) -> None:
     extent, dates = catalog["extent"], catalog["dates"]
     assert len(dates) > 3 and extent
 
-    # the date defaults to the latest date with imagery, and the panel says what there is
-    assert page.input_value("#date-input") == dates[-1]
+    # the date defaults to a recent, mostly clear date, and the panel says what there is
+    default = catalog["suggested"]
+    assert default in dates and page.input_value("#date-input") == default
     info = page.inner_text("#catalog-info")
     assert dates[0] in info and dates[-1] in info and f"{len(dates)} dates" in info
     assert page.locator("#imagery-dates option").count() == len(dates)
-    assert f"Imagery on {dates[-1]}" in page.inner_text("#date-hint")
+    assert f"Imagery on {default}" in page.inner_text("#date-hint")
 
     # it opens over the coverage: outline drawn, imagery of that date over the basemap
     page.wait_for_function("() => window.terrastill.state.imagery !== null")
     p.settled()
     assert page.evaluate(
         "window.terrastill.map.queryRenderedFeatures({layers: ['home']}).length") > 0
-    assert page.inner_text("#imagery-date") == f"of {dates[-1]}"
+    assert page.inner_text("#imagery-date") == f"of {default}"
     img = p.map_pixels(tmp_path / "first-run.png")
     inside = p.extent_crop(img, extent)
     assert _share_like(img, BASEMAP_RGB) > 0.3  # around the coverage: the basemap
@@ -252,7 +253,7 @@ def _first_run(p: Page, tmp_path: Path) -> None:
     assert page.locator("#box-list li").count() == 1
     page.click("#submit-btn")
     page.wait_for_selector("#job-summary .status.done", timeout=30_000)
-    assert len(p.posts) == 1 and f'"date":"{dates[-1]}"' in p.posts[0]
+    assert len(p.posts) == 1 and f'"date":"{default}"' in p.posts[0]
     job = page.evaluate("window.terrastill.state.jobs[0]")
     share = job["valid_share"]
     assert 0.35 < share < 0.65, share
@@ -283,7 +284,7 @@ def _first_run(p: Page, tmp_path: Path) -> None:
     missing = next(d for d in _days_between(dates[0], dates[-1]) if d not in dates)
     page.fill("#date-input", missing)
     page.wait_for_function(f"() => (window.terrastill.state.imagery || {{}}).date "
-                           f"&& window.terrastill.state.imagery.date !== '{dates[-1]}'")
+                           f"&& window.terrastill.state.imagery.date !== '{default}'")
     shown = page.evaluate("window.terrastill.state.imagery.date")
     assert shown in dates and shown != missing
     assert f"No scene on {missing}; the nearest imagery is" in page.inner_text("#date-hint")

@@ -117,3 +117,22 @@ def test_many_windows_at_once_choose_as_each_window_alone():
         assert [c.reason for c in alone] == [picks.reason(w, k) for k in range(3)]
         chosen_steps += sum(k is not None for k in want)
     assert 0 < chosen_steps < 3 * n  # both outcomes occur
+
+
+def test_clearest_date_wants_every_step_clear():
+    import datetime as dt
+
+    from terrastill.data.temporal import TemporalOptions, clearest_date
+
+    def item(day: str, cloud: float) -> dict:
+        return {"properties": {"datetime": f"{day}T10:00:00Z", "eo:cloud_cover": cloud}}
+
+    opts = TemporalOptions(num_steps=2, temporal_step=10, temporal_tolerance=2)
+    items = [item("2024-06-01", 5), item("2024-06-11", 5), item("2024-06-21", 90),
+             item("2024-06-30", 3)]
+    # 06-30 is the clearest scene, but its first step (06-20 ± 2) only has 06-21 at 90 %:
+    # the latest date whose every step is clear is 06-11
+    assert clearest_date(items, opts) == dt.date(2024, 6, 11)
+    # no clear date after 06-20: the cloudiest steps tie at 90 %, the later date wins
+    assert clearest_date(items, opts, first=dt.date(2024, 6, 20)) == dt.date(2024, 6, 30)
+    assert clearest_date([], opts) is None

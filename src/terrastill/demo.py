@@ -212,26 +212,12 @@ def rejected_summary(path: Path) -> dict[str, Any]:
 
 
 def clearest_date(catalog: str, first: dt.date, last: dt.date, temporal: Any) -> dt.date:
-    """The acquisition date in [first, last] whose T steps have the least cloud: for each
-    step the clearest acquisition within the tolerance (``eo:cloud_cover``), summed."""
+    """The date in [first, last] to predict on: the latest whose T steps are clear from the
+    scenes' ``eo:cloud_cover`` (see :func:`terrastill.data.temporal.clearest_date`)."""
     from terrastill.catalog.local import LocalCatalog
+    from terrastill.data.temporal import clearest_date as pick
 
-    covers: dict[dt.date, list[float]] = {}
-    for it in LocalCatalog(catalog).items:
-        if it.datetime is not None:
-            covers.setdefault(it.datetime.date(), []).append(
-                float(it.properties.get("eo:cloud_cover", 100.0)))
-    clouds = {d: sum(v) / len(v) for d, v in covers.items()}  # the mean over the date's tiles
-    best, best_score = last, float("inf")
-    for day in sorted(d for d in clouds if first <= d <= last):
-        score = 0.0
-        for target in temporal.targets(day):
-            near = [c for d, c in clouds.items()
-                    if abs((d - target).days) <= temporal.temporal_tolerance]
-            score += min(near, default=100.0)
-        if score < best_score:
-            best, best_score = day, score
-    return best
+    return pick(LocalCatalog(catalog).items, temporal, first, last) or last
 
 
 def box_geojson(bbox: Any) -> dict[str, Any]:

@@ -47,6 +47,19 @@ def dates_of(items: Sequence[Any]) -> list[str]:
     return sorted({it.datetime.date().isoformat() for it in rgb_items(items) if it.datetime})
 
 
+def suggested_date(items: Sequence[Any], spec: dict[str, Any] | None) -> str | None:
+    """A date a first prediction with a model of input spec ``spec`` most likely finds clear:
+    the latest whose T steps are clear by the scenes' cloud cover (else the least cloudy)."""
+    from terrastill.data.temporal import TemporalOptions, clearest_date
+
+    spec = spec or {}
+    opts = TemporalOptions(int(spec.get("num_steps") or 1),
+                           int(spec.get("temporal_step") or 0),
+                           int(spec.get("temporal_tolerance") or 0))
+    day = clearest_date(rgb_items(items), opts)
+    return day.isoformat() if day else None
+
+
 def nearest_date(dates: Sequence[str], want: dt.date) -> str | None:
     """The date with imagery nearest to ``want`` (ties: the earlier), within MAX_DAYS."""
     best = min(dates, key=lambda d: (abs((dt.date.fromisoformat(d) - want).days), d),

@@ -166,6 +166,9 @@ class CatalogInfo(BaseModel):
     dates: list[str] = Field(description="Acquisition dates with true-colour imagery.")
     start: str | None
     end: str | None
+    suggested: str | None = Field(
+        None, description="The latest date whose time steps are clear by the scenes' cloud "
+                          "cover, for the model: the map's default date.")
     basemap: str | None = Field(None, description="External basemap XYZ URL template.")
 
 
@@ -507,11 +510,21 @@ def build_router(settings: Settings) -> APIRouter:
         )
 
     @router.get("/catalog", response_model=CatalogInfo, summary="Where and when there is imagery")
-    def catalog_info(request: Request) -> CatalogInfo:
+    def catalog_info(
+        request: Request,
+        model: Annotated[str | None, Query(max_length=200, description=(
+            "Suggest a date for this model's time steps (default: the first model)"))] = None,
+    ) -> CatalogInfo:
         svc = services(request)
-        dates = imagery.dates_of(svc.catalog_items())
+        items = svc.catalog_items()
+        dates = imagery.dates_of(items)
+        models = svc.registry.list()
+        spec = (svc.registry.get(model) if model else models[0] if models else {}).get(
+            "input_spec")
         return CatalogInfo(extent=svc.home(), dates=dates, start=dates[0] if dates else None,
-                           end=dates[-1] if dates else None, basemap=settings.basemap)
+                           end=dates[-1] if dates else None,
+                           suggested=imagery.suggested_date(items, spec),
+                           basemap=settings.basemap)
 
     def imagery_of(request: Request, day: dt.date) -> tuple[str, list[Any]]:
         items = services(request).catalog_items()

@@ -6,6 +6,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -171,3 +172,43 @@ def choose_steps(
     picks = pick_steps(acquisitions, last, opts,
                        lambda a: np.array([invalid_fraction(a)]), 1, source_title)
     return picks.step_choices(0)
+
+
+CLEAR_PERCENT = 25.0  # a step whose clearest acquisition averages at most this is "clear"
+
+
+def clear_dates(items: Sequence[Any], opts: TemporalOptions) -> dict[dt.date, float]:
+    """For each acquisition date of ``items`` (pystac items or dicts with a datetime and
+    ``eo:cloud_cover``), how cloudy its cloudiest step is at best: per step the clearest date
+    within the tolerance (a date's cloud is the mean over its scenes), the worst of the steps.
+    It ranks dates from the scene metadata alone, before any pixel is read."""
+    covers: dict[dt.date, list[float]] = defaultdict(list)
+    for it in items:
+        props = it["properties"] if isinstance(it, dict) else it.properties
+        when = str(props.get("datetime") or "")[:10] if isinstance(it, dict) else (
+            it.datetime.date().isoformat() if it.datetime else "")
+        if when:
+            covers[dt.date.fromisoformat(when)].append(
+                float(props.get("eo:cloud_cover", 100.0)))
+    mean = {d: sum(v) / len(v) for d, v in covers.items()}
+    days = sorted(mean)
+    out = {}
+    for day in days:
+        per_step = [min((c for d, c in mean.items()
+                         if abs((d - t).days) <= opts.temporal_tolerance), default=100.0)
+                    for t in opts.targets(day)]
+        out[day] = max(per_step)
+    return out
+
+
+def clearest_date(items: Sequence[Any], opts: TemporalOptions, first: dt.date | None = None,
+                  last: dt.date | None = None) -> dt.date | None:
+    """A date in [first, last] to predict on: the latest whose every step is clear (a date
+    within the tolerance with at most CLEAR_PERCENT cloud), else the one whose cloudiest step
+    is clearest; None without imagery."""
+    scores = {d: c for d, c in clear_dates(items, opts).items()
+              if (first is None or d >= first) and (last is None or d <= last)}
+    if not scores:
+        return None
+    clear = [d for d, c in scores.items() if c <= CLEAR_PERCENT]
+    return max(clear) if clear else min(scores, key=lambda d: (scores[d], -d.toordinal()))

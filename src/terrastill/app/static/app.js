@@ -752,7 +752,10 @@
       const span = cat.start === cat.end ? `on ${cat.start}` : `from ${cat.start} to ${cat.end}`;
       setNote("catalog-info", `Scenes ${span}, on ${dates.length} date${dates.length > 1 ? "s" : ""}.`);
     }
-    if (!state.dateTouched && dates.length) $("date-input").value = dates[dates.length - 1];
+    // the server suggests a recent, mostly clear date (the latest may be cloudy)
+    if (!state.dateTouched && dates.length) {
+      $("date-input").value = state.catalog.suggested || dates[dates.length - 1];
+    }
     renderDateHint();
   }
 
