@@ -317,3 +317,20 @@ def test_job_tiles_are_clipped_to_the_aoi_and_report_the_valid_share(tmp_path):
             inside += int((alpha[aoi] > 0).sum())
             outside += int((alpha[far] > 0).sum())
         assert inside > 0 and outside == 0
+
+
+def test_products_get_overviews_down_to_a_tile(tmp_path):
+    import rasterio
+    from affine import Affine
+
+    from terrastill.inference.cog import publish_cog
+
+    raw = tmp_path / "raw.tif"
+    with rasterio.open(raw, "w", driver="GTiff", width=1500, height=1100, count=1,
+                       dtype="uint8", crs="EPSG:32632", nodata=255, tiled=True,
+                       transform=Affine(30, 0, 700000, 0, -30, 5030000)) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 3, (1, 1100, 1500), dtype="uint8"))
+    cog = publish_cog(raw, tmp_path / "classes.tif")
+    with rasterio.open(cog) as src:
+        factors = src.overviews(1)
+        assert factors and max(src.width, src.height) / factors[-1] <= 256
