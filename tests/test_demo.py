@@ -43,8 +43,9 @@ def test_demo_runs_every_stage_and_resumes(quick_demo):
                         catalog=summary["catalog"])
     with local_client(create_app(settings)) as c:
         jobs = c.get("/api/jobs").json()
-        assert [j["id"] for j in jobs] == [job_id]
-        job = jobs[0]
+        # (the browser test may have added a job of its own to the shared demo's server)
+        assert [j["id"] for j in jobs].count(job_id) == 1
+        job = next(j for j in jobs if j["id"] == job_id)
         assert job["status"] == "done" and job["model"] == "flood-student"
         assert 0 < job["valid_share"] <= 1 and set(job["layers"]) == {"classes", "truecolor"}
         assert len(job["links"]["download"]["classes"]) == len(summary["prediction"]["classes"])
