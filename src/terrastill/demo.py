@@ -204,9 +204,14 @@ def rejected_summary(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"rows": 0, "reasons": []}
     rej = pd.read_csv(path, usecols=["reason"])
-    # the same reason differs only by chip/step details: group on its first words
-    short = rej["reason"].astype(str).str.replace(r"\s*\(.*$", "", regex=True)
-    short = short.str.replace(r" (of|at|in|on) .*$", "", regex=True)
+    # the same reason differs only in counts, dates, steps and chip ids: group without them
+    short = (rej["reason"].astype(str)
+             .str.replace(r"\s*\([^)]*\)", "", regex=True)
+             .str.replace(r"\d{4}-\d{2}-\d{2}", "the date", regex=True)
+             .str.replace(r"\b(all|only) \d+ ", r"\1 ", regex=True)
+             .str.replace(r"at step \d+", "at a step", regex=True)
+             .str.replace(r"(chip|rows?) [\d_, ]+", r"\1 ", regex=True)
+             .str.replace(r"\s+", " ", regex=True).str.strip())
     counts = short.value_counts()
     return {"rows": len(rej), "reasons": [[r, int(n)] for r, n in counts.items()]}
 
