@@ -39,7 +39,8 @@ ARGS = [
 ]
 AOI = (10.00, 45.00, 10.06, 45.04)
 
-pytestmark = [
+# every browser test: real Chromium and the built web map, or a skip saying what is missing
+BROWSER_MARKS = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -50,6 +51,7 @@ pytestmark = [
         reason="web map not built: npm ci --prefix web && npm run --prefix web build",
     ),
 ]
+pytestmark = BROWSER_MARKS
 
 
 def _slow_predict(request, progress=None, cancel=None):

@@ -4,25 +4,13 @@ default date succeeds (real models, real prediction, no stand-ins)."""
 
 from __future__ import annotations
 
-import pytest
-
 from app_support import running_server
-from terrastill.app.main import PACKAGED_STATIC, create_app
+from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
-from test_browser import ARGS, CHROMIUM
+from test_browser import ARGS, BROWSER_MARKS, CHROMIUM
 from test_browser_firstrun import Page
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (PACKAGED_STATIC / "vendor" / "maplibre-gl.js").exists(),
-        reason="web map not built: npm ci --prefix web && npm run --prefix web build",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 def test_demo_serve_first_run(quick_demo, tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
@@ -32,21 +31,11 @@ from app_support import (
     make_models,
     running_server,
 )
-from terrastill.app.main import PACKAGED_STATIC, create_app
+from terrastill.app.main import create_app
 from terrastill.app.settings import Settings
-from test_browser import ARGS, CHROMIUM
+from test_browser import ARGS, BROWSER_MARKS, CHROMIUM
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not (PACKAGED_STATIC / "vendor" / "maplibre-gl.js").exists(),
-        reason="web map not built: npm ci --prefix web && npm run --prefix web build",
-    ),
-]
+pytestmark = BROWSER_MARKS
 MAP_WIDTH = 1280 - 360  # the panel takes the right 360 px
 BASEMAP_RGB = (200, 0, 200)  # the stand-in basemap: every tile plain magenta
 
