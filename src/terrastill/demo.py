@@ -148,7 +148,8 @@ def run_demo(out: Path, opts: DemoOptions,
         result = predict(PredictRequest(model=model, aois=[bbox_aoi(bbox)], date=date,
                                         out_dir=pred_dir, catalog=world["catalog"],
                                         name=f"{opts.task}_{date:%Y%m%d}",
-                                        write_truecolor=True),
+                                        write_truecolor=True, composite=True,
+                                        tolerance=t.temporal_step),
                          progress=lambda stage, frac: tick(stage, round(frac * 100), 100))
     truth_scores = {}
     if opts.task == "flood" or dt.date.fromisoformat(task.get("date", str(date))) <= date:
@@ -161,8 +162,9 @@ def run_demo(out: Path, opts: DemoOptions,
 
     share = valid_share(result.classes, [dict(box_geojson(bbox))])
     if share is not None:
-        say(f"      {share:.0%} of the world got a prediction (the rest had no cloud-free "
-            "acquisition at every step)")
+        say(f"      {share:.0%} of the world got a prediction (cloudy pixels filled from the "
+            f"other acquisitions within ±{t.temporal_step} days; the rest had no clear view at "
+            "every step)")
     summary["prediction"] = {"date": date.isoformat(), "valid_share": share,
                              "classes": [str(p) for p in result.classes],
                              "truecolor": [str(p) for p in result.truecolor],

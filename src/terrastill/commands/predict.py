@@ -22,6 +22,10 @@ def predict(
     max_cloud: float | None = typer.Option(None, "--max-cloud", help="Override cloud limit."),
     tolerance: int | None = typer.Option(None, "--tolerance", help="Override ± days."),
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction."),
+    composite: bool = typer.Option(
+        False, "--composite",
+        help="Fill each step's cloudy pixels from the other acquisitions within the "
+             "tolerance (per pixel; more of a cloudy AOI gets a prediction)."),
     precision: str = typer.Option("auto", "--precision", help="fp32, bf16 or auto."),
     batch_size: int = typer.Option(8, "--batch-size"),
     block_windows: int = typer.Option(
@@ -101,6 +105,7 @@ def predict(
     day, aois = request_aois(bbox, aoi, date)
     req = PredictRequest(model=model, aois=aois, date=day, out_dir=out, catalog=catalog,
                          max_cloud=max_cloud, tolerance=tolerance, overlap=overlap,
+                         composite=composite,
                          precision=precision, device=device, batch_size=batch_size,
                          block_windows=block_windows, read_ahead=read_ahead,
                          write_probabilities=probabilities, write_truecolor=truecolor,

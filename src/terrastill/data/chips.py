@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ class ReadOptions:
     temporal: TemporalOptions = field(default_factory=TemporalOptions)
     mask_classes: tuple[str, ...] | None = None
     resampling: str = "nearest"
+    # per-pixel composites: each step's pixels that its chosen acquisition leaves masked are
+    # filled from the other acquisitions within the tolerance (prediction; chips use one
+    # acquisition per step)
+    composite: bool = False
 
     @property
     def profile(self) -> SourceProfile:
@@ -50,10 +55,13 @@ class ReadOptions:
 
     def to_dict(self) -> dict:
         t = self.temporal
-        return {"source": self.source, "bands": self.resolved_bands(),
-                "num_steps": t.num_steps, "temporal_step": t.temporal_step,
-                "temporal_tolerance": t.temporal_tolerance, "max_cloud": t.max_cloud,
-                "mask_classes": self.resolved_mask(), "resampling": self.resampling}
+        out = {"source": self.source, "bands": self.resolved_bands(),
+               "num_steps": t.num_steps, "temporal_step": t.temporal_step,
+               "temporal_tolerance": t.temporal_tolerance, "max_cloud": t.max_cloud,
+               "mask_classes": self.resolved_mask(), "resampling": self.resampling}
+        if self.composite:
+            out["composite"] = True
+        return out
 
 
 @dataclass
@@ -230,6 +238,7 @@ def read_chips(
     shared = _SharedReads(region, opts, merged)
     title = opts.profile.name.upper()
     picked: list[list[Acquisition] | NoImageryError | AssetReadError | None] = [None] * len(grids)
+    fills: dict[int, list[list[Acquisition]]] = {}  # composites: per window and step
     cuts = []
     for grid in grids:
         off = region.offset_of(grid)
@@ -242,8 +251,10 @@ def read_chips(
         for hits, members in members_of.items():
             box_ = np.array([(c[0].start, c[0].stop, c[1].start, c[1].stop)
                              for c in (cuts[w] for w in members)]).T
+            temporal = (dataclasses.replace(opts.temporal, max_cloud=100.0)
+                        if opts.composite else opts.temporal)
             try:
-                picks = pick_steps(groups[hits], last_date, opts.temporal,
+                picks = pick_steps(groups[hits], last_date, temporal,
                                    lambda a, b=box_: shared.shares(a.key, "invalid", b),
                                    len(members), title)
             except AssetReadError as exc:
@@ -258,25 +269,78 @@ def read_chips(
                     picked[w] = NoImageryError(picks.first_reason(j))
                     continue
                 picked[w] = chosen
-                for a in chosen:  # bands are read only where some window uses them
+                if opts.composite:
+                    fills[w] = fill_candidates(groups[hits], chosen, picks.targets,
+                                               opts.temporal.temporal_tolerance)
+                for a in [*chosen, *(f for fs in fills.get(w, []) for f in fs)]:
+                    # bands are read only where some window uses them
                     if a.key not in shared.need:
                         shared.need[a.key] = np.zeros((region.height, region.width), bool)
                     shared.need[a.key][cuts[w]] = True
         # 2. the chosen acquisitions' bands, read once and cut per window
         out: list[ChipRead | NoImageryError | AssetReadError] = []
-        for grid, cut, got in zip(grids, cuts, picked, strict=True):
+        for w, (grid, cut, got) in enumerate(zip(grids, cuts, picked, strict=True)):
             if not isinstance(got, list):
                 out.append(got)
                 continue
             try:
                 steps = [_cut_step(shared, a, cut) for a in got]
+                if opts.composite:
+                    steps = [_composite(shared, s, fs, cut) for s, fs in zip(steps, fills[w],
+                                                                             strict=True)]
             except AssetReadError as exc:
                 if exc.transient:
                     raise
                 out.append(_untraced(exc))
                 continue
+            worst = max(s.invalid_fraction for s in steps)
+            if opts.composite and worst * 100 > opts.temporal.max_cloud:
+                k = [s.invalid_fraction for s in steps].index(worst)
+                tol, limit = opts.temporal.temporal_tolerance, opts.temporal.max_cloud
+                out.append(NoImageryError(
+                    f"step {k} is still {worst * 100:.1f}% masked over the chip after "
+                    f"compositing every {title} acquisition within ±{tol} days "
+                    f"(limit {limit:g}%)"))
+                continue
             out.append(ChipRead(np.stack([s.data for s in steps]), grid, shared.bands, steps))
     return out
+
+
+def fill_candidates(acquisitions: Sequence[Acquisition], chosen: Sequence[Acquisition],
+                    targets: Sequence[dt.date], tolerance: int) -> list[list[Acquisition]]:
+    """Per step, the acquisitions that may fill the chosen one's masked pixels: those within
+    the tolerance of the step's target that no step chose, in the choice's tie-break order
+    (closest to the target, then earlier, then collection)."""
+    used = {a.key for a in chosen}
+    out = []
+    for target, main in zip(targets, chosen, strict=True):
+        near = [a for a in acquisitions if abs((a.day - target).days) <= tolerance
+                and a.key not in used and a.key != main.key]
+        out.append(sorted(near, key=lambda a, t=target: (abs((a.day - t).days), a.date,
+                                                         a.collection)))
+    return out
+
+
+def _composite(shared: _SharedReads, step: StepRead, fills: Sequence[Acquisition],
+               cut: tuple) -> StepRead:
+    """``step`` with its masked pixels filled, in order, from ``fills``' pixels (a pixel is
+    valid in every band or in none, so the first band decides)."""
+    data = step.data.copy()
+    used: list[str] = []
+    for a in fills:
+        todo = np.isnan(data[0])
+        if not todo.any():
+            break
+        other = _cut_step(shared, a, cut).data
+        take = todo & ~np.isnan(other[0])
+        if take.any():
+            data[:, take] = other[:, take]
+            used.append(a.date)
+    if not used:
+        return step
+    invalid = float(np.isnan(data[0]).mean())
+    return dataclasses.replace(step, data=data, invalid_fraction=invalid,
+                               filled_from=used)
 
 
 def _untraced(exc: Exception) -> Exception:

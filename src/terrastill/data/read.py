@@ -338,6 +338,7 @@ class StepRead:
     cloud_fraction: float
     acquisition: Acquisition
     hrefs: dict[str, list[str]] = field(default_factory=dict)
+    filled_from: list[str] = field(default_factory=list)  # composites: the other dates used
 
 
 def _item_epsg(props: dict) -> int | None:

@@ -69,6 +69,9 @@ class PredictRequest:
     # the model already keeps every core busy and a reader thread only competes with it
     read_ahead: int | None = None
     write_probabilities: bool = False
+    # fill each step's cloudy pixels from the other acquisitions within the tolerance, pixel
+    # by pixel (more of a cloudy AOI predicted; a step then mixes dates)
+    composite: bool = False
     # the last step's input as a true-colour COG, for looking at the imagery (the web map)
     write_truecolor: bool = False
     workers: int = 0
@@ -129,15 +132,18 @@ def _load(model_path: str, device: str = "cpu") -> Any:
     return loaded
 
 
-def read_options(spec: dict, max_cloud: float | None, tolerance: int | None) -> ReadOptions:
-    """The chip-reading options a model was trained with (overrides for cloud/tolerance)."""
+def read_options(spec: dict, max_cloud: float | None, tolerance: int | None,
+                 composite: bool = False) -> ReadOptions:
+    """The chip-reading options a model was trained with (overrides for cloud/tolerance;
+    ``composite`` fills each step's masked pixels from the other acquisitions in tolerance)."""
     temporal = TemporalOptions(
         int(spec["num_steps"]), int(spec.get("temporal_step", 0) or 0),
         int(tolerance if tolerance is not None else spec.get("temporal_tolerance", 5)),
         float(max_cloud if max_cloud is not None else spec.get("max_cloud", 50.0)))
     return ReadOptions(source=spec["source"], bands=tuple(spec["bands"]), temporal=temporal,
                        mask_classes=tuple(spec["mask_classes"]) if spec.get("mask_classes")
-                       is not None else None, resampling=spec.get("resampling", "nearest"))
+                       is not None else None, resampling=spec.get("resampling", "nearest"),
+                       composite=composite)
 
 
 def use_bf16(precision: str, card: Any, device: str = "cpu") -> bool:
@@ -417,7 +423,7 @@ def predict(request: PredictRequest,
 
     require_task_model(card, req.model, "predict")
     spec = card.input_spec
-    read = read_options(spec, req.max_cloud, req.tolerance)
+    read = read_options(spec, req.max_cloud, req.tolerance, req.composite)
     cat, collections, catalog_loc = model_catalog(spec, req.catalog, read)
     bf16 = use_bf16(req.precision, card, device)
     read_ahead = req.read_ahead if req.read_ahead is not None else \
