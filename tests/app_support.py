@@ -130,6 +130,16 @@ def fake_predict(
     )
 
 
+def fake_app(tmp_path: Path, predict: Any = fake_predict, **settings: Any) -> Any:
+    """The service over the stand-in models and predict, its data below ``tmp_path``."""
+    from terrastill.app.main import create_app
+    from terrastill.app.settings import Settings
+
+    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data",
+                 **settings)
+    return create_app(s, predict_fn=predict, request_cls=PredictRequest, read_card=fake_card)
+
+
 def local_client(app: Any, **kw: Any) -> Any:
     """A TestClient whose requests name ``localhost`` (the server's default allowed host)."""
     from fastapi.testclient import TestClient

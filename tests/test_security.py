@@ -11,14 +11,10 @@ import pytest
 
 from app_support import (
     AOI_DEFAULT,
-    PredictRequest,
-    fake_card,
-    fake_predict,
+    fake_app,
     local_client,
     make_models,
 )
-from terrastill.app.main import create_app
-from terrastill.app.settings import Settings
 
 TOKEN = "s3cret-token-for-tests"
 BODY = {"aois": [AOI_DEFAULT], "date": "2024-06-01", "model": "student"}
@@ -26,8 +22,7 @@ TILE = "14/8648/5892"  # over AOI_DEFAULT
 
 
 def _app(tmp_path, **kw):
-    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **kw)
-    return create_app(s, predict_fn=fake_predict, request_cls=PredictRequest, read_card=fake_card)
+    return fake_app(tmp_path, **kw)
 
 
 def _done_job(c: Any, headers: dict | None = None) -> str:

@@ -15,13 +15,11 @@ from typer.testing import CliRunner
 
 from app_support import (
     AOI_DEFAULT,
-    PredictRequest,
-    fake_card,
+    fake_app,
     fake_predict,
     local_client,
     make_models,
 )
-from terrastill.app.main import create_app
 from terrastill.app.safety import scrub_paths
 from terrastill.app.settings import Settings
 from terrastill.cli import app as cli
@@ -30,9 +28,7 @@ BODY = {"aois": [AOI_DEFAULT], "date": "2024-06-01", "model": "student"}
 runner = CliRunner()
 
 
-def _app(tmp_path: Path, predict: Any = fake_predict, **kw: Any) -> Any:
-    s = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data", **kw)
-    return create_app(s, predict_fn=predict, request_cls=PredictRequest, read_card=fake_card)
+_app = fake_app
 
 
 def _wait(c: Any, job_id: str, want: tuple[str, ...] = ("done", "failed")) -> dict:
