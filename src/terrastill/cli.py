@@ -34,6 +34,19 @@ COMMANDS = [
     ("compress", "compress", "compress"),
     ("decompress", "compress", "decompress"),
     ("embed-bench", "embed_bench", "embed_bench"),
+    ("index", "search", "index"),
+    ("search", "search", "search"),
+    ("change", "change", "change"),
+    ("change-fit", "change", "change_fit"),
+    ("change-map", "change", "change_map"),
+    ("zonal", "zonal", "zonal"),
+    ("probe", "zonal", "probe"),
+    ("spectral-distill", "sattxt", "spectral_distill"),
+    ("align", "sattxt", "align"),
+    ("zeroshot", "sattxt", "zeroshot"),
+    ("retrieve", "sattxt", "retrieve"),
+    ("superres", "superres", "superres"),
+    ("diagnose", "diagnose", "diagnose"),
 ]
 
 for _name, _module, _func in COMMANDS:
