@@ -274,7 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                     "chips/truncation,chips/kill")
     ap.add_argument("--quick", action="store_true", help="rates 0,0.3,1.0, one run each")
     ap.add_argument("--json", type=Path, help="also write the matrix as JSON here")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds-long check: search and asset-read stages, rates 0 and 1, one "
+                         "run, 5 observations")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.rates, args.rows = False, "0,1.0", 5
+        args.runs, args.stages = 1, "search,asset-read,chips/api"
     rates = [0.0, 0.3, 1.0] if args.quick else [float(r) for r in args.rates.split(",")]
     runs = 1 if args.quick else args.runs
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
