@@ -285,8 +285,7 @@ def test_dask_workers_assemble_the_same_product(product, flood_model, small_worl
 
 def test_precision_calibration_is_recorded_and_read_by_auto(flood_model, flood_dataset,
                                                             tmp_path, monkeypatch):
-    import torch
-
+    from terrastill.inference import precision
     from terrastill.inference.precision import calibrate_precision
     from terrastill.inference.predict import use_bf16
     from terrastill.models.modelfile import read_card
@@ -297,10 +296,41 @@ def test_precision_calibration_is_recorded_and_read_by_auto(flood_model, flood_d
     card = read_card(model)
     assert card.precision == verdict and verdict["metric"] == "miou"
     assert verdict["bf16_ok"] == (abs(verdict["bf16_delta_pp"]) <= 0.5)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert use_bf16("auto", card) == verdict["bf16_ok"]
+    monkeypatch.setattr(precision, "bf16_faster", lambda *a, **k: True)
+    model_obj = object()
+    assert use_bf16("auto", card, "cpu", model_obj) == verdict["bf16_ok"]
+    assert use_bf16("auto", card) is False  # no model to time: stay exact
     card.precision = {**verdict, "bf16_ok": False}
-    assert use_bf16("auto", card) is False and use_bf16("bf16", card) is True
+    assert use_bf16("auto", card, "cpu", model_obj) is False and use_bf16("bf16", card) is True
+
+
+def test_auto_precision_times_each_model_once_per_machine(flood_model, tmp_path, monkeypatch):
+    """bf16 is chosen only where it measured faster here; the timing is cached per model and
+    machine, so the second call does not time again."""
+    from terrastill.inference import precision
+    from terrastill.models.modelfile import load_model_file
+
+    monkeypatch.setenv("TERRASTILL_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = load_model_file(flood_model)
+    speed = precision.measure_speed(loaded.model, "cpu", batch_size=2, seconds=0.05)
+    assert speed["fp32"] > 0 and speed["bf16"] > 0
+    calls = []
+
+    def fake(model, device="cpu", **kw):
+        calls.append(device)
+        return {"fp32": 10.0, "bf16": 10.2}  # within the margin: not worth it
+
+    monkeypatch.setattr(precision, "measure_speed", fake)
+    assert precision.bf16_faster(loaded.model, loaded.card) is False
+    assert precision.bf16_faster(loaded.model, loaded.card) is False and len(calls) == 1
+    cached = json.loads(precision.cache_path().read_text())
+    assert next(iter(cached.values())) == {"fp32": 10.0, "bf16": 10.2, "faster": False,
+                                        "model": loaded.card.name}
+    other = loaded.card.__class__(**{**vars(loaded.card), "name": "another"})
+    monkeypatch.setattr(precision, "measure_speed", lambda *a, **k: {"fp32": 10.0,
+                                                                     "bf16": 20.0})
+    assert precision.bf16_faster(loaded.model, other) is True  # another model: timed anew
+    assert len(json.loads(precision.cache_path().read_text())) == 2
 
 
 def test_predict_over_a_named_band_geotiff(flood_model, flood_dataset, tmp_path):

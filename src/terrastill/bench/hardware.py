@@ -22,6 +22,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction-set flags that decide how fast matrix work runs (bf16 / int8 / AMX paths)
+MATH_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "vnni")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                flags = line.split(":", 1)[1].split()
+                return sorted({f for f in flags if f.startswith(MATH_FLAG_PREFIXES)})
+    except OSError:
+        pass
+    return []
+
+
 def _mem_total_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -57,6 +72,7 @@ def hardware_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "cpu_available": affinity,
         "torch_threads": torch.get_num_threads(),

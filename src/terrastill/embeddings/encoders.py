@@ -208,7 +208,8 @@ def model_file_encoder(path: Path, device: str = "auto", precision: str = "auto"
     model = {"name": card.name, "kind": "model", "file": path.name,
              "sha256": file_sha256(path), "task": card.task, "source": spec.get("source")}
     return ViTEncoder(card.name, loaded.model.encoder, spec["bands"], spec["num_steps"],
-                      spec["mean"], spec["std"], model, use_bf16(precision, card, device),
+                      spec["mean"], spec["std"], model,
+                      use_bf16(precision, card, device, loaded.model),
                       uses_coords(card.arch))
 
 

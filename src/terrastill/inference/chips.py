@@ -41,7 +41,7 @@ def predict_chips(model: Path, chips_dir: Path, out: Path, batch_size: int = 16,
     require_task_model(card, model, "predict")
     spec = card.input_spec
     check_spec(spec, dataset, str(chips_dir))
-    bf16 = use_bf16(precision, card, device)
+    bf16 = use_bf16(precision, card, device, loaded.model)
     index = read_index(chips_dir)
     ids = list(index["id"])
     T, C = int(spec["num_steps"]), len(spec["bands"])

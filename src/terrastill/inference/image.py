@@ -134,7 +134,7 @@ def _predict_image(model: Path, image: Path, out_dir: Path, band_names: Sequence
         b in bands for b in ("red", "green", "blue")) else None
     channels = 1 if card.task == "regression" else len(card.class_names)
     zone = _Zone(req, epsg, grid, channels, card.task, size, rgb_idx is not None)
-    bf16 = use_bf16(precision, card, device)
+    bf16 = use_bf16(precision, card, device, loaded.model)
     weight = window_weight(size)
     timings = {"read": 0.0, "inference": 0.0, "write": 0.0}
     flat = [i for row in index for i in row]
