@@ -5,7 +5,9 @@ Runs ``make_chips`` on a demo world (built if missing) sequentially and with a 2
 local Dask cluster, then times plain rasterio windowed reads of exactly the assets and
 windows the chips used. Prints a table and a JSON line; figures are ratios within one run.
 
-    python scripts/bench_chips.py --world demo-out/world --task flood
+    python scripts/bench_chips.py --world demo-out/world --task flood [--peer odc-stac]
+
+``--peer odc-stac`` also times odc-stac's ``load`` on the same windows, items and bands.
 """
 
 from __future__ import annotations
@@ -48,8 +50,47 @@ def raw_read_seconds(dataset: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, len(reads)
 
 
+def odc_stac_seconds(dataset: Path, catalog: str) -> tuple[float, int]:
+    """Time odc-stac's ``load`` on exactly the chips' windows, items and bands (the peer a user
+    would reach for): one geobox per chip, one load per step, every asset read with nearest
+    resampling into the chip grid. Returns (seconds, loads)."""
+    import warnings
+
+    import pystac
+    from odc.geo.geobox import GeoBox
+    from odc.stac import load
+
+    items = {}
+    for it in pystac.ItemCollection.from_file(catalog):
+        if it.get_self_href() is None:  # relative asset hrefs resolve beside the catalogue
+            it.set_self_href(str(Path(catalog).resolve()))
+        items[it.id] = it
+    index = gpd.read_parquet(dataset / "index.parquet")
+    jobs = []
+    for rec in index.itertuples():
+        box = GeoBox((int(rec.height), int(rec.width)), rasterio.Affine(*rec.transform[:6]),
+                     rec.crs)
+        for ids, hrefs in zip(json.loads(rec.step_items), json.loads(rec.step_hrefs),
+                              strict=True):
+            step_items = [items[i] for i in ids]
+            wanted = {h for hs in hrefs.values() for h in hs}
+            keys = sorted({k for it in step_items for k, a in it.assets.items()
+                           if a.get_absolute_href() in wanted})
+            if len(keys) != len(wanted):  # the same reads, or the comparison means nothing
+                raise SystemExit(f"{rec.id}: {len(wanted)} assets read but {len(keys)} found "
+                                 f"in {catalog}")
+            jobs.append((step_items, keys, box))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odc-stac warns about items without raster metadata
+        for step_items, keys, box in jobs:
+            load(step_items, bands=keys, geobox=box, resampling="nearest",
+                 groupby="solar_day").load()
+    return time.perf_counter() - t0, len(jobs)
+
+
 def run(world: Path, task: str = "flood", workers: tuple[int, ...] = (1, 2),
-        chip_size: int = 32) -> dict:
+        chip_size: int = 32, peer: str | None = None) -> dict:
     """Benchmark chip creation on ``world``; returns the figures."""
     m = load_manifest(world)
     t = m["tasks"][task]
@@ -78,6 +119,14 @@ def run(world: Path, task: str = "flood", workers: tuple[int, ...] = (1, 2),
         results[f"speedup_{n}_vs_{workers[0]}"] = round(
             results[f"workers_{n}"]["chips_per_s"] / base, 3)
     results["pipeline_vs_raw_read"] = round(base / results["raw_reads"]["chips_per_s"], 3)
+    if peer == "odc-stac":
+        peer_s, loads = odc_stac_seconds(last / "ds", m["catalog"])
+        results["odc_stac"] = {"loads": loads, "seconds": round(peer_s, 3),
+                               "chips_per_s": round(chips / peer_s, 3) if peer_s else None}
+        results["pipeline_vs_odc_stac"] = round(base / results["odc_stac"]["chips_per_s"], 3)
+        results["raw_reads_vs_odc_stac"] = round(peer_s / raw_s, 3) if raw_s else None
+    elif peer is not None:
+        raise SystemExit(f"--peer {peer!r}: expected odc-stac")
     shutil.rmtree(last, ignore_errors=True)
     return results
 
@@ -87,11 +136,14 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=None, help="world folder (built if absent)")
     ap.add_argument("--task", default="flood")
     ap.add_argument("--chip-size", type=int, default=32)
+    ap.add_argument("--peer", choices=["odc-stac"], default=None,
+                    help="also time a peer library's load on the same windows and dates "
+                         "(pip install 'terrastill[bench]')")
     args = ap.parse_args()
     world = args.world or Path(tempfile.mkdtemp(prefix="bench-world-"))
     if not (world / "world.json").exists():
         build_world(world, WorldConfig())
-    res = run(world, args.task, chip_size=args.chip_size)
+    res = run(world, args.task, chip_size=args.chip_size, peer=args.peer)
     table = Table(title="chip creation throughput (one run)")
     for col in ("mode", "chips", "seconds", "chips/s"):
         table.add_column(col)
@@ -101,7 +153,14 @@ def main() -> None:
     rr = res["raw_reads"]
     table.add_row(f"raw windowed reads ({rr['reads']})", "", str(rr["seconds"]),
                   str(rr["chips_per_s"]))
+    if "odc_stac" in res:
+        rp = res["odc_stac"]
+        table.add_row(f"odc-stac load ({rp['loads']})", "", str(rp["seconds"]),
+                      str(rp["chips_per_s"]))
     Console().print(table)
+    if "odc_stac" in res:
+        Console().print(f"terrastill chips / odc-stac: {res['pipeline_vs_odc_stac']}×; "
+                        f"raw reads / odc-stac: {res['raw_reads_vs_odc_stac']}×")
     Console().print(f"2 workers / 1 worker: {res['speedup_2_vs_1']}×; pipeline / raw reads: "
                     f"{res['pipeline_vs_raw_read']}×")
     print(json.dumps(res))

@@ -20,8 +20,13 @@ def load(name: str):
 
 @pytest.mark.slow
 def test_bench_chips_reports_rates_and_ratios(small_world):
-    res = load("bench_chips").run(Path(small_world["root"]), "flood", workers=(1,), chip_size=16)
+    res = load("bench_chips").run(Path(small_world["root"]), "flood", workers=(1,), chip_size=16,
+                                  peer="odc-stac")
     w1 = res["workers_1"]
+    peer = res["odc_stac"]
+    assert peer["loads"] >= w1["chips"] and peer["seconds"] > 0
+    assert res["pipeline_vs_odc_stac"] == pytest.approx(
+        w1["chips_per_s"] / peer["chips_per_s"], rel=0.01)
     assert w1["chips"] > 0 and w1["chips_per_s"] == pytest.approx(w1["chips"] / w1["seconds"],
                                                                   rel=0.01)
     assert res["raw_reads"]["reads"] > w1["chips"]
