@@ -74,11 +74,12 @@ def odc_stac_seconds(dataset: Path, catalog: str) -> tuple[float, int]:
                               strict=True):
             step_items = [items[i] for i in ids]
             wanted = {h for hs in hrefs.values() for h in hs}
-            keys = sorted({k for it in step_items for k, a in it.assets.items()
-                           if a.get_absolute_href() in wanted})
-            if len(keys) != len(wanted):  # the same reads, or the comparison means nothing
-                raise SystemExit(f"{rec.id}: {len(wanted)} assets read but {len(keys)} found "
-                                 f"in {catalog}")
+            found = {(k, a.get_absolute_href()) for it in step_items
+                     for k, a in it.assets.items() if a.get_absolute_href() in wanted}
+            if {h for _, h in found} != wanted:  # the same reads, or the ratio means nothing
+                raise SystemExit(f"{rec.id}: {len(wanted)} assets read but "
+                                 f"{len(found)} found in {catalog}")
+            keys = sorted({k for k, _ in found})
             jobs.append((step_items, keys, box))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
