@@ -31,16 +31,31 @@ def _print_metrics(title: str, m: dict) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    ci = m.get("intervals") or {}
+    if ci:
+        table.add_column(f"{100 * ci['level']:.0f} % interval ({ci['unit']}s resampled)",
+                         justify="right")
+
+    def row(label: str, value: object, interval: object = None) -> None:
+        extra = [_interval(interval)] if ci else []
+        table.add_row(label, _fmt(value), *extra)
+
     keys = ("miou", "accuracy", "macro_f1", "roc_auc", "rmse", "mae", "r2", "n_pixels", "n_chips")
     for key in keys:
         if key in m:
-            table.add_row(key, _fmt(m[key]))
+            row("labelled pixels" if key == "n_pixels" else key, m[key], ci.get(key))
     base = m.get("baseline_majority")
     if base:
-        table.add_row("majority-class mIoU", _fmt(base["miou"]))
+        row("majority-class mIoU", base["miou"])
     for name, v in (m.get("iou_per_class") or {}).items():
-        table.add_row(f"IoU {name}", _fmt(v))
+        row(f"IoU {name}", v, (ci.get("iou_per_class") or {}).get(name))
     console.print(table)
+
+
+def _interval(v: object) -> str:
+    if not isinstance(v, list | tuple) or len(v) != 2:
+        return ""
+    return f"{v[0]:.4f} – {v[1]:.4f}"
 
 
 @handle_errors
@@ -49,7 +64,8 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (model.pt, metrics...)."),
     model: str = typer.Option("tiny", "--model", "-m",
                               help="Registry model: tiny, small, prithvi-eo-1.0-100m, "
-                                   "prithvi-eo-2.0-300m[-tl], prithvi-eo-2.0-600m[-tl]."),
+                                   "prithvi-eo-2.0-300m[-tl], prithvi-eo-2.0-600m[-tl]; CNN "
+                                   "baselines from scratch: unet-r18, deeplabv3-r50."),
     weights: str | None = typer.Option(
         None, "--weights", help="Pretrained encoder: local .pt/.safetensors, hub repo id "
                                 "(org/name[:file]) or a registry name with hub weights."),
@@ -78,7 +94,7 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Fine-tune a Prithvi-compatible model on a chip dataset.
+    """Fine-tune a Prithvi-compatible model (or train a CNN baseline) on a chip dataset.
 
     Example:
 
@@ -115,20 +131,35 @@ def evaluate(
                                   "the model)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    reference: list[Path] = typer.Option(
+        [], "--reference",
+        help="Score against this dense reference instead of the chips' labels: a raster on "
+             "the chips' grid (repeat once per UTM zone) or a demo world (world.json or its "
+             "folder: the truth of the task with the dataset's classes)."),
+    resamples: int = typer.Option(1000, "--resamples", min=0,
+                                  help="Bootstrap resamples of the chips for the 95 % "
+                                       "intervals (0: none)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Score a model file on a chip dataset split (refuses a mismatched input spec).
+    """Score a model file on a chip dataset split (refuses a mismatched input spec). Every
+    figure has a 95 % bootstrap interval over chips, and the labelled-pixel count says how
+    much evidence there is.
 
     Example:
 
         terrastill evaluate demo-out/models/teacher/model.pt demo-out/chips/flood --split test
+
+        terrastill evaluate demo-out/models/student/model.pt demo-out/chips/flood --split test
+        --reference demo-out/world
     """
     setup_logging(verbose)
     from terrastill.training.train import evaluate as run_evaluate
 
-    target = out or model.parent / f"metrics-{split}.json"
+    suffix = "-reference" if reference else ""
+    target = out or model.parent / f"metrics-{split}{suffix}.json"
     m = run_evaluate(model, chips_dir, split=split, batch_size=batch_size, device=device,
-                     out=target)
-    _print_metrics(f"{m['model_name']} on {chips_dir} ({split})", m)
+                     out=target, reference=reference, resamples=resamples)
+    against = " against the reference" if reference else ""
+    _print_metrics(f"{m['model_name']} on {chips_dir} ({split}){against}", m)
     console.print(f"[green]metrics[/] {target}")

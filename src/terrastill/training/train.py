@@ -141,10 +141,19 @@ def evaluate_model(
     device: str = "cpu",
     use_coords: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    resamples: int = 1000,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` over every chip of ``dataset`` (plain loop, no Lightning)."""
+    """Metrics of ``model`` over every chip of ``dataset`` (plain loop, no Lightning), with
+    95 % bootstrap intervals over chips (``intervals``; ``resamples`` 0 leaves them out)."""
+    from terrastill.training.bootstrap import (
+        metric_intervals,
+        per_chip_confusion,
+        per_chip_regression,
+    )
+
     num_classes = max(len(class_names), int(model.arch["head"].get("num_classes", 1)))
     metrics = make_metrics(task, num_classes, class_names).to(device)
+    per_chip: list[np.ndarray] = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
     model = model.to(device).eval()
     t0 = time.perf_counter()
@@ -157,10 +166,17 @@ def evaluate_model(
         with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
             out = model(x, **kw)
-        metrics.update(out.float(), batch["label"].to(device))
+        label = batch["label"].to(device)
+        metrics.update(out.float(), label)
+        if resamples:
+            per_chip.append(per_chip_regression(out, label) if task == "regression"
+                            else per_chip_confusion(out.float(), label, num_classes))
     result = metrics.compute()
     result["n_chips"] = len(dataset)
     result["seconds"] = round(time.perf_counter() - t0, 3)
+    if resamples and per_chip:
+        result["intervals"] = metric_intervals(task, np.concatenate(per_chip), class_names,
+                                               resamples)
     if task != "regression":
         result["baseline_majority"] = majority_baseline(np.asarray(result["confusion"]))
     return result
@@ -339,9 +355,16 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 
 def evaluate(model_path: str | os.PathLike[str], chips_dir: str | os.PathLike[str],
              split: str = "test", batch_size: int = 32, device: str = "auto",
-             out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+             out: str | os.PathLike[str] | None = None,
+             reference: Sequence[str | os.PathLike[str]] | None = None,
+             resamples: int = 1000) -> dict[str, Any]:
     """Score a model file on a chip folder split; refuses a dataset that does not match the
-    model's input spec (:class:`SpecMismatchError`). Writes ``out`` (JSON) when given."""
+    model's input spec (:class:`SpecMismatchError`). Writes ``out`` (JSON) when given.
+
+    Every figure comes with a 95 % bootstrap interval over chips (``intervals``). With
+    ``reference`` (rasters on the chips' grids, one per UTM zone, or a demo world whose truth
+    has the dataset's classes) the chips are scored against that dense reference instead of
+    their sparse labels, over every pixel with valid input."""
     loaded = load_model_file(model_path)
     card = loaded.card
     require_task_model(card, model_path, "be evaluated")
@@ -360,11 +383,20 @@ def evaluate(model_path: str | os.PathLike[str], chips_dir: str | os.PathLike[st
     ds = ChipDataset(chips_dir, split, coords=use_coords, meta=meta)
     if len(ds) == 0:
         raise BadInputError(f"{chips_dir}: no chips in split {split!r}")
+    refs = None
+    if reference:
+        from terrastill.training.reference import reference_transform, resolve_references
+
+        refs = resolve_references(list(reference), card.class_names)
+        ds.transform = reference_transform(ds, refs)
     dev = resolve_device(device)
     result = evaluate_model(loaded.model, ds, card.task, card.class_names, batch_size, dev,
-                            use_coords)
+                            use_coords, resamples=resamples)
     result = plain({"model": str(model_path), "model_name": card.name, "task": card.task,
                      "chips_dir": str(chips_dir), "split": split, "class_names": card.class_names,
+                     "labels": "reference" if refs else "chip labels",
+                     **({"reference": {str(k): str(v) for k, v in refs.items()}} if refs
+                        else {}),
                      **result})
     if out is not None:
         write_text_atomic(out, json.dumps(result, indent=2))
