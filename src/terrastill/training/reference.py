@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +18,47 @@ from terrastill.data.grid import GridSpec
 from terrastill.errors import BadInputError, NotFoundError, SpecMismatchError
 
 
-def _world_truth(path: Path, class_names: Sequence[str]) -> dict[int, Path]:
-    """The truth rasters of the world task whose class names are the dataset's."""
+@dataclass
+class Reference:
+    """Reference rasters by EPSG code, and the dates they hold for (None: any date)."""
+
+    rasters: dict[int, Path] = field(default_factory=dict)
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None  # exclusive
+
+    def holds_on(self, day: dt.date) -> bool:
+        return (self.valid_from is None or day >= self.valid_from) and \
+            (self.valid_until is None or day < self.valid_until)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rasters": {str(k): str(v) for k, v in sorted(self.rasters.items())},
+                "valid_from": self.valid_from and self.valid_from.isoformat(),
+                "valid_until": self.valid_until and self.valid_until.isoformat()}
+
+
+def _world_truth(path: Path, class_names: Sequence[str]) -> Reference:
+    """The truth rasters of the world task whose class names are the dataset's; an event
+    task's truth (the flood) holds from its date until the event ends."""
     manifest = json.loads(path.read_text())
     root = path.parent
     for task in (manifest.get("tasks") or {}).values():
         if list(task.get("classes") or []) == list(class_names) and task.get("truth"):
-            return {int(epsg): (root / p if not Path(p).is_absolute() else Path(p))
-                    for epsg, p in task["truth"].items()}
+            rasters = {int(epsg): (root / p if not Path(p).is_absolute() else Path(p))
+                       for epsg, p in task["truth"].items()}
+            start = dt.date.fromisoformat(task["date"]) if task.get("date") else None
+            end = (manifest.get("config") or {}).get("flood_end") if start else None
+            return Reference(rasters, start, dt.date.fromisoformat(end) if end else None)
     names = ", ".join(f"{n} ({', '.join(t.get('classes') or [])})"
                       for n, t in (manifest.get("tasks") or {}).items())
     raise BadInputError(f"{path}: no task with the classes {', '.join(class_names)} "
                         f"(tasks: {names})")
 
 
-def resolve_references(refs: Sequence[str | Path], class_names: Sequence[str]
-                       ) -> dict[int, Path]:
-    """{EPSG: raster} from reference rasters (one per UTM zone) or a world (world.json or its
-    folder: the truth of the task with the dataset's classes)."""
+def resolve_references(refs: Sequence[str | Path], class_names: Sequence[str]) -> Reference:
+    """Rasters by EPSG from reference rasters (one per UTM zone) or a world (world.json or its
+    folder: the truth of the task with the dataset's classes, with the dates it holds for)."""
     out: dict[int, Path] = {}
+    window: tuple[dt.date | None, dt.date | None] = (None, None)
     for ref in refs:
         p = Path(ref)
         if p.is_dir() and (p / "world.json").is_file():
@@ -42,7 +66,8 @@ def resolve_references(refs: Sequence[str | Path], class_names: Sequence[str]
         if not p.exists():
             raise NotFoundError(f"--reference {ref}: no such file")
         if p.suffix == ".json":
-            found = _world_truth(p, class_names)
+            world = _world_truth(p, class_names)
+            found, window = world.rasters, (world.valid_from, world.valid_until)
         else:
             try:
                 with rasterio.open(p) as src:
@@ -58,7 +83,7 @@ def resolve_references(refs: Sequence[str | Path], class_names: Sequence[str]
                 raise BadInputError(f"--reference: two rasters for EPSG:{epsg} ({out[epsg]}, "
                                     f"{path})")
             out[epsg] = path
-    return out
+    return Reference(out, *window)
 
 
 def _check_grid(ref: Path, chip: GridSpec, chip_id: str) -> None:
@@ -108,10 +133,20 @@ class ReferenceLabels:
         return item
 
 
-def reference_transform(dataset: Any, refs: dict[int, Path]
-                        ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The transform for a :class:`ChipDataset` split (its index rows name the grids)."""
+def apply_reference(dataset: Any, ref: Reference) -> int:
+    """Make a :class:`ChipDataset` split score against ``ref``: chips dated outside the dates
+    the reference holds for are left out (their count is returned), the rest get the
+    reference as labels."""
     if dataset.task != "segmentation":
         raise BadInputError(f"--reference scores segmentation models; this one is for "
                             f"{dataset.task}")
-    return ReferenceLabels(dataset.index, refs)
+    days = [dt.date.fromisoformat(str(d)[:10]) for d in dataset.index["date"]]
+    keep = [ref.holds_on(d) for d in days]
+    if not any(keep):
+        raise BadInputError(f"--reference holds from {ref.valid_from} until "
+                            f"{ref.valid_until or 'the end'}: no chip of split "
+                            f"{dataset.split!r} is dated then")
+    dataset.index = dataset.index[keep].reset_index(drop=True)
+    dataset.ids = [str(i) for i in dataset.index["id"]]
+    dataset.transform = ReferenceLabels(dataset.index, ref.rasters)
+    return len(keep) - sum(keep)

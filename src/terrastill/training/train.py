@@ -383,20 +383,20 @@ def evaluate(model_path: str | os.PathLike[str], chips_dir: str | os.PathLike[st
     ds = ChipDataset(chips_dir, split, coords=use_coords, meta=meta)
     if len(ds) == 0:
         raise BadInputError(f"{chips_dir}: no chips in split {split!r}")
-    refs = None
+    ref = left_out = None
     if reference:
-        from terrastill.training.reference import reference_transform, resolve_references
+        from terrastill.training.reference import apply_reference, resolve_references
 
-        refs = resolve_references(list(reference), card.class_names)
-        ds.transform = reference_transform(ds, refs)
+        ref = resolve_references(list(reference), card.class_names)
+        left_out = apply_reference(ds, ref)
     dev = resolve_device(device)
     result = evaluate_model(loaded.model, ds, card.task, card.class_names, batch_size, dev,
                             use_coords, resamples=resamples)
     result = plain({"model": str(model_path), "model_name": card.name, "task": card.task,
                      "chips_dir": str(chips_dir), "split": split, "class_names": card.class_names,
-                     "labels": "reference" if refs else "chip labels",
-                     **({"reference": {str(k): str(v) for k, v in refs.items()}} if refs
-                        else {}),
+                     "labels": "reference" if ref else "chip labels",
+                     **({"reference": {**ref.describe(), "chips_left_out": left_out}}
+                        if ref else {}),
                      **result})
     if out is not None:
         write_text_atomic(out, json.dumps(result, indent=2))
