@@ -18,6 +18,14 @@ def test_demo_runs_every_stage_and_resumes(quick_demo):
     assert summary["chips"]["chips"] > 5
     assert {"teacher", "student"} <= set(summary)
     assert summary["teacher"]["precision"]["metric"] == "miou"
+    from terrastill.models.modelfile import read_card
+
+    for key in ("teacher", "student"):  # dense truth, with intervals, in summary and card
+        truth = summary[key]["test_truth"]
+        assert "error" in truth or (
+            truth["intervals"]["miou"][0] <= truth["miou"] <= truth["intervals"]["miou"][1]
+            and truth["n_pixels"] > summary[key]["test"]["n_pixels"]), truth
+        assert read_card(summary[key]["path"]).metrics["test_truth"] == truth
     for cog in summary["prediction"]["classes"]:
         assert cog_validate(cog, quiet=True)[0]
     scores = summary["prediction"]["vs_truth"]

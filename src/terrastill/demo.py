@@ -105,7 +105,8 @@ def run_demo(out: Path, opts: DemoOptions,
     if not read_card(teacher).precision:
         calibrate_precision(teacher, chips_dir)
     summary["teacher"] = {"path": str(teacher), "test": evaluate(teacher, chips_dir, "test"),
-                          "precision": read_card(teacher).precision}
+                          "precision": read_card(teacher).precision,
+                          "test_truth": dense_truth(teacher, chips_dir, world_dir)}
 
     # 4. student
     student = out / "models" / "student" / "model.pt"
@@ -122,7 +123,8 @@ def run_demo(out: Path, opts: DemoOptions,
         if not read_card(student).precision:
             calibrate_precision(student, chips_dir)
         summary["student"] = {"path": str(student), "test": evaluate(student, chips_dir, "test"),
-                              "precision": read_card(student).precision}
+                              "precision": read_card(student).precision,
+                              "test_truth": dense_truth(student, chips_dir, world_dir)}
 
     # the service lists model files at the top of one folder
     served = out / "serve-models"
@@ -172,6 +174,27 @@ def run_demo(out: Path, opts: DemoOptions,
                              "vs_truth": truth_scores}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def dense_truth(model: Path, chips_dir: Path, world_dir: Path) -> dict[str, Any]:
+    """The model's test chips scored against the world's dense truth (every valid pixel, not
+    the few labelled ones), with 95 % bootstrap intervals; recorded in the model card too, so
+    the web map's model card shows it."""
+    from terrastill.errors import BadInputError
+    from terrastill.models.modelfile import load_model_file, save_model_file
+    from terrastill.training.train import evaluate
+
+    try:
+        r = evaluate(model, chips_dir, "test", reference=[world_dir])
+    except BadInputError as exc:  # e.g. no test chip dated while the truth holds
+        return {"error": str(exc)}
+    keep = ("miou", "accuracy", "iou_per_class", "n_pixels", "n_chips", "intervals",
+            "reference")
+    out = {k: r[k] for k in keep if k in r}
+    loaded = load_model_file(model)
+    loaded.card.metrics = {**(loaded.card.metrics or {}), "test_truth": out}
+    save_model_file(model, loaded.model, loaded.card)
+    return out
 
 
 def _show(opts: DemoOptions) -> bool:

@@ -39,17 +39,21 @@ def demo(
                         seed=seed))
     summary = run_demo(out, opts, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
     table = Table(title=f"demo: {task}")
-    for col in ("model", "params", "MACs/chip", "test mIoU", "test acc"):
+    for col in ("model", "params", "MACs/chip", "test mIoU (labels)", "labelled px",
+                "test mIoU vs truth (95 % CI)", "truth px"):
         table.add_column(col)
     for key in ("teacher", "student"):
         if key in summary:
             from terrastill.models.modelfile import read_card
 
             card = read_card(summary[key]["path"])
-            m = summary[key]["test"]
+            m, d = summary[key]["test"], summary[key].get("test_truth") or {}
+            ci = (d.get("intervals") or {}).get("miou")
+            dense = (f"{d['miou']:.3f} ({ci[0]:.3f}–{ci[1]:.3f})" if "miou" in d and ci
+                     else d.get("error", "—"))
             table.add_row(f"{key} ({card.depth} blocks)", f"{card.params:,}",
                           f"{card.macs / 1e6:.1f} M", f"{m.get('miou', float('nan')):.3f}",
-                          f"{m.get('accuracy', float('nan')):.3f}")
+                          f"{m.get('n_pixels', 0):,}", dense, f"{d.get('n_pixels', 0):,}")
     console.print(table)
     for epsg, s in summary["prediction"]["vs_truth"].items():
         console.print(f"prediction vs truth (EPSG:{epsg}): mIoU {s['miou']:.3f}, "

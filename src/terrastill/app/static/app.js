@@ -347,6 +347,11 @@
       if (m && m[split] && typeof m[split] === "object") items = items.concat(pick(m[split], `${split} `).slice(0, 2));
     }
     if (!items.length) items = pick(m, "");
+    const truth = m && m.test_truth;  // scored against a dense reference, with a 95 % interval
+    if (truth && typeof truth.miou === "number") {
+      const ci = truth.intervals && truth.intervals.miou;
+      items.unshift(`truth mIoU ${truth.miou.toFixed(3)}${ci ? ` (95 % ${ci[0].toFixed(3)}–${ci[1].toFixed(3)})` : ""} over ${fmtCount(truth.n_pixels)} px`);
+    }
     return items.join(" · ") || "none recorded";
   }
 
