@@ -131,6 +131,13 @@ def test_macs_counted():
     # a linear layer lower bound: qkv+proj+mlp of every token in every block
     d, n, depth = 32, 33, 3
     assert enc_macs >= depth * n * (3 * d * d + d * d + 2 * 2 * d * d)
+    # attention (Q·Kᵀ and A·V: 2·N²·D per block) is counted, which torch's counter alone
+    # misses for the fused CPU kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.encoder.eval()(x_for(arch, 1))
+    assert enc_macs - counter.get_total_flops() // 2 == depth * 2 * n * n * d
 
 
 def test_registry_published_sizes():

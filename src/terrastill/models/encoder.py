@@ -281,13 +281,19 @@ def num_params(module: nn.Module) -> int:
 
 
 def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (flops / 2)."""
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (flops / 2).
+
+    Attention is counted: the fused CPU attention kernel is invisible to the counter (it
+    reports 0 for it), so the pass runs with the math backend, whose matrix products it sees —
+    2·N²·D per block for N tokens of width D, exactly the analytic count."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+                FlopCounterMode(display=False) as counter:
             module(*inputs)
     finally:
         module.train(was_training)
