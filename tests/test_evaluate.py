@@ -55,6 +55,10 @@ def test_intervals_contain_the_estimate_and_shrink_with_more_chips():
     # identical chips: every resample is the same matrix, the interval has no width
     same = confusion_intervals(np.repeat(few[:1], 10, axis=0), ["land", "water"])
     assert same["miou"][0] == pytest.approx(same["miou"][1])
+    # ... unless the score is perfect: then the rule of three keeps the evidence honest
+    perfect = confusion_intervals(np.array([[[20, 0], [0, 10]]] * 3), ["land", "water"])
+    assert perfect["miou"] == [pytest.approx(1 - 3 / 30), 1.0]
+    assert perfect["accuracy"] == [pytest.approx(1 - 3 / 90), 1.0]
 
 
 def test_regression_intervals():
