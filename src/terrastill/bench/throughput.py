@@ -88,9 +88,10 @@ class BenchModel:
 
 def load_bench_model(name_or_path: str, gsd: float | None = None) -> BenchModel:
     """A model file (``.pt`` from train/distill) or a registry name (random weights)."""
+    from terrastill.data.indices import input_channels
     from terrastill.models.encoder import count_macs, num_params
     from terrastill.models.modelfile import load_model_file
-    from terrastill.models.registry import SPECS, build_model, make_arch
+    from terrastill.models.registry import build_model, is_registered, list_models, make_arch
 
     p = Path(name_or_path)
     if p.suffix in (".pt", ".pth") or p.exists():
@@ -101,7 +102,7 @@ def load_bench_model(name_or_path: str, gsd: float | None = None) -> BenchModel:
         name, task, spec = card.name, card.task, dict(card.input_spec)
         key = str(p)
         gsd_m = float(gsd or spec.get("resolution") or 30.0)
-    elif name_or_path.lower() in SPECS:
+    elif is_registered(name_or_path):
         arch = make_arch(name_or_path.lower())
         model = build_model(arch).eval()
         card = None
@@ -109,10 +110,10 @@ def load_bench_model(name_or_path: str, gsd: float | None = None) -> BenchModel:
         gsd_m = float(gsd or 30.0)
     else:
         raise NotFoundError(f"{name_or_path}: neither a model file nor a registry model "
-                            f"({', '.join(SPECS)})")
+                            f"({', '.join(list_models())})")
     cfg = model.encoder.config
     bm = BenchModel(key=key, name=name, model=model.eval(), task=task,
-                    in_chans=int(cfg["in_chans"]), num_frames=int(cfg["num_frames"]),
+                    in_chans=input_channels(model.arch), num_frames=int(cfg["num_frames"]),
                     chip_size=int(cfg["img_size"]), gsd_m=gsd_m, params=0, macs=0,
                     encoder_macs=0, depth=int(model.encoder.depth), input_spec=spec)
     if card is not None and card.macs and card.encoder_macs:
@@ -311,8 +312,10 @@ def quick_throughput(model: nn.Module, batch_size: int = 8, seconds: float = 1.0
                      device: str = "cpu", warmup: int = 2) -> float:
     """fp32 eager img/s of ``model`` on a synthetic batch (the depth search's img/s column):
     batch size / median batch latency."""
+    from terrastill.data.indices import input_channels
+
     cfg = model.encoder.config
-    bm = BenchModel(key="", name="", model=model, task="", in_chans=int(cfg["in_chans"]),
+    bm = BenchModel(key="", name="", model=model, task="", in_chans=input_channels(model.arch),
                     num_frames=int(cfg["num_frames"]), chip_size=int(cfg["img_size"]),
                     gsd_m=30.0, params=0, macs=0, encoder_macs=0, depth=0)
     timing = measure(bm, device=device, precision="fp32", compile=False,

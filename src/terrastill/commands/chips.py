@@ -36,6 +36,9 @@ def chips(
     max_scene_cloud: float | None = typer.Option(
         None, "--max-scene-cloud", help="Optional eo:cloud_cover limit in the item search."),
     mask: str | None = typer.Option(None, help="QA classes to mask (default: the profile's)."),
+    indices: str | None = typer.Option(
+        None, "--indices", help="Derived index channels, e.g. ndwi,mndwi,ndvi,ndbi (also ndmi, "
+                                "nbr): recorded with their statistics; models compute them."),
     chip_size: int = typer.Option(32, "--chip-size", help="Chip size in pixels."),
     min_count: int = typer.Option(1, "--min-count", help="Min observations per chip."),
     min_valid: float = typer.Option(0.5, "--min-valid", help="Min share of valid pixels."),
@@ -94,7 +97,7 @@ def chips(
 
         res = make_chips(observations, out, catalog, job, obs_opts, strict=strict,
                          workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         command=command, progress=progress)
+                         command=command, progress=progress, indices=_csv(indices) or ())
     c = res.dataset["counts"]
     console.print(
         f"[green]✓[/] {res.chips} chips in {res.out} (train {c['train']}, val {c['val']}, "

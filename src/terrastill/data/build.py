@@ -22,6 +22,7 @@ from terrastill.atomic import atomic_path, remove_stale_temps, write_text_atomic
 from terrastill.catalog import open_catalog
 from terrastill.data.chips import ReadOptions, read_chip
 from terrastill.data.grid import GridSpec, to_crs
+from terrastill.data.indices import index_stats, resolve_indices
 from terrastill.data.labels import burn_labels, label_counts
 from terrastill.data.observations import (
     REJECT_COLUMNS,
@@ -237,14 +238,18 @@ def make_chips(
     overwrite: bool = False,
     command: str = "",
     progress: Callable[[int, int], None] | None = None,
+    indices: Sequence[str] = (),
 ) -> ChipsResult:
     """Build (or resume) a chip dataset folder from observations and a catalogue.
 
     Everything about the inputs is validated before anything is written: a bad option, file or
     (with ``strict``) row raises :class:`BadInputError` and leaves ``out`` untouched.
+    ``indices`` (e.g. ``("ndwi", "ndvi")``) are recorded in ``dataset.json`` with their
+    train-split statistics (:mod:`terrastill.data.indices`); the chips keep the raw bands.
     """
     out = Path(out)
     job.validate()
+    resolve_indices(indices, job.read.resolved_bands(), job.read.source)
     obs_opts = obs_opts or ObservationOptions()
     if Path(observations).suffix.lower() in (".tif", ".tiff"):
         obs, tasks, group_rejects = _label_raster_plan(Path(observations), job, obs_opts)
@@ -312,7 +317,7 @@ def make_chips(
                             "written)") from None
     records = [done[t.chip_id] for t in tasks]
     dataset = finalize(out, records, obs.rejected, group_rejects, obs.class_names, job,
-                       catalog, command, obs=obs)
+                       catalog, command, obs=obs, indices=indices)
     if dataset["counts"]["chips"] == 0:
         n = dataset["counts"]["rejected_rows"]
         for name in ("index.parquet", "dataset.json"):
@@ -434,7 +439,7 @@ def _rejects_frame(row_rejects: pd.DataFrame, group_rejects: list[dict],
 def finalize(out: Path, records: list[dict], row_rejects: pd.DataFrame,
              group_rejects: list[dict], class_names: list[str], job: ChipJob, catalog: str,
              command: str, split_seed: int | None = None,
-             obs: Observations | None = None) -> dict:
+             obs: Observations | None = None, indices: Sequence[str] = ()) -> dict:
     """Write ``index.parquet``, ``rejected.csv`` and ``dataset.json`` from the chip records.
 
     ``obs`` (the observations as loaded for this run) gives rejected rows their original
@@ -451,6 +456,7 @@ def finalize(out: Path, records: list[dict], row_rejects: pd.DataFrame,
     obs_lookup = _obs_lookup(out) if obs is None else _lookup(obs)
     rejects = _rejects_frame(row_rejects, group_rejects, bad, obs_lookup)
     dataset = dataset_json(out, index, rejects, class_names, job, catalog, command)
+    add_index_stats(out, dataset, index, indices)
     write_index(out, index)
     with atomic_path(out / "rejected.csv") as tmp:
         (obs.rejected_csv(rejects) if obs is not None else rejects).to_csv(tmp, index=False)
@@ -518,6 +524,22 @@ def dataset_json(out: Path, index: gpd.GeoDataFrame, rejects: pd.DataFrame,
     }
 
 
+def add_index_stats(out: Path, dataset: dict, index: gpd.GeoDataFrame,
+                    indices: Sequence[str]) -> None:
+    """Record ``indices`` (resolved against the bands) and their train-split mean/std."""
+    specs = resolve_indices(indices, dataset["bands"], dataset.get("source"))
+    if not specs:
+        dataset.pop("indices", None)
+        dataset.pop("index_stats", None)
+        return
+    train = list(index.loc[index["split"] == "train", "id"]) if len(index) else []
+    ids = train or (list(index["id"]) if len(index) else [])
+    mean, std = index_stats([out / "chips" / f"{i}.tif" for i in ids], dataset["bands"],
+                            int(dataset["num_steps"]), specs)
+    dataset["indices"] = specs
+    dataset["index_stats"] = {"mean": mean, "std": std, "split": "train" if train else "all"}
+
+
 def resplit(out: str | Path, block_size: float, ratios: Sequence[float], seed: int,
             command: str = "") -> dict:
     """Re-assign spatial-block splits of an existing dataset and recompute train statistics."""
@@ -537,6 +559,8 @@ def resplit(out: str | Path, block_size: float, ratios: Sequence[float], seed: i
     mean, std = band_stats([out / "chips" / f"{i}.tif" for i in train], len(dataset["bands"]))
     dataset["stats"] = {"mean": mean, "std": std,
                         "split": "train" if (index["split"] == "train").any() else "all"}
+    if dataset.get("indices"):
+        add_index_stats(out, dataset, index, [i["name"] for i in dataset["indices"]])
     for s in ("train", "val", "test"):
         dataset["counts"][s] = int((index["split"] == s).sum())
     dataset["split"] = {"block_size": block_size, "ratios": list(ratios), "seed": seed}

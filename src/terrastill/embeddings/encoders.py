@@ -205,6 +205,9 @@ def model_file_encoder(path: Path, device: str = "auto", precision: str = "auto"
     device = resolve_device(device)
     loaded = _load(str(path.resolve()), device)
     card, spec = loaded.card, loaded.card.input_spec
+    if card.arch.get("family") == "cnn":
+        raise BadInputError(f"{path}: a CNN baseline ({card.arch.get('name', 'cnn')}) has no "
+                            "patch tokens to embed; use a ViT model or a pretrained encoder")
     model = {"name": card.name, "kind": "model", "file": path.name,
              "sha256": file_sha256(path), "task": card.task, "source": spec.get("source")}
     return ViTEncoder(card.name, loaded.model.encoder, spec["bands"], spec["num_steps"],

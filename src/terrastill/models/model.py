@@ -17,6 +17,10 @@ TASKS = ("segmentation", "regression", "classification", "embedding")
 
 def full_arch(arch: dict[str, Any]) -> dict[str, Any]:
     """``arch`` with encoder and head defaults filled in (what the model file stores)."""
+    if arch.get("family") == "cnn":
+        from terrastill.models.cnn import full_cnn_arch
+
+        return full_cnn_arch(arch)
     arch = copy.deepcopy(arch)
     head = full_head_config(arch.get("head", {"type": arch.get("task", "segmentation")}))
     task = arch.get("task", head["type"])
@@ -31,6 +35,10 @@ class TerraModel(nn.Module):
     Output: segmentation (B, K, H, W) logits, regression (B, 1, H, W), classification (B, K),
     embedding (B, 1+L, D) normalised encoder tokens (an encoder-only model, e.g. from
     ``terrastill pretrain``).
+
+    With derived index channels (``arch["inputs"]``, see :mod:`terrastill.data.indices`) the
+    caller still gives the C raw bands: ``inputs`` appends the indices, and a pre-hook on the
+    patch embedding does the same when the encoder is called alone (``terrastill embed``).
     """
 
     def __init__(self, arch: dict[str, Any]) -> None:
@@ -39,6 +47,12 @@ class TerraModel(nn.Module):
         self.task: str = self.arch["task"]
         self.encoder = PrithviViT(**self.arch["encoder"])
         self.head = build_head(self.arch["head"], self.encoder.config)
+        self.inputs: nn.Module | None = None
+        if (self.arch.get("inputs") or {}).get("indices"):
+            from terrastill.data.indices import IndexLayer
+
+            self.inputs = IndexLayer(self.arch["inputs"])
+            self.encoder.patch_embed.register_forward_pre_hook(self.inputs.pre_hook)
 
     def forward_with_features(
         self,
@@ -48,6 +62,8 @@ class TerraModel(nn.Module):
         location_coords: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Head output plus the raw outputs (B, 1+L, D) of encoder blocks ``return_blocks``."""
+        if self.inputs is not None:
+            x = self.inputs(x)
         tokens, feats = self.encoder.forward_features(
             x, temporal_coords, location_coords, return_blocks=return_blocks
         )

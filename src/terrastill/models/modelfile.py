@@ -110,12 +110,15 @@ def _num_params(module: nn.Module) -> int:
 
 def fill_card_stats(card: ModelCard, model: nn.Module) -> ModelCard:
     """Set params, encoder_params, MACs (per chip, ``torch.utils.flop_counter``) and depth."""
+    from terrastill.data.indices import input_channels
     from terrastill.models.encoder import count_macs
 
     enc = model.encoder
     cfg = enc.config
-    x = torch.zeros(1, int(cfg["in_chans"]), int(cfg["num_frames"]), int(cfg["img_size"]),
-                    int(cfg["img_size"]), device=next(model.parameters()).device)
+    # the caller's channels: a model with derived indices computes those itself
+    x = torch.zeros(1, input_channels(model.arch), int(cfg["num_frames"]),
+                    int(cfg["img_size"]), int(cfg["img_size"]),
+                    device=next(model.parameters()).device)
     card.params = _num_params(model)
     card.encoder_params = _num_params(enc)
     card.macs = count_macs(model, x)

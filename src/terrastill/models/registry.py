@@ -80,13 +80,25 @@ SPECS: dict[str, dict[str, Any]] = {
 
 
 def list_models() -> list[str]:
-    """Names of every registered spec."""
-    return list(SPECS)
+    """Names of every registered model: the ViT specs, then the CNN baselines."""
+    from terrastill.models.cnn import CNN_SPECS
+
+    return [*SPECS, *CNN_SPECS]
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a ViT spec or a CNN baseline (case-insensitive)."""
+    return name.lower() in list_models()
 
 
 def get_spec(name: str) -> dict[str, Any]:
     """A deep copy of the spec called ``name`` (case-insensitive)."""
     key = name.lower()
+    from terrastill.models.cnn import is_cnn
+
+    if is_cnn(key):
+        raise BadInputError(f"model {name!r} is a CNN baseline; this needs a ViT spec "
+                            f"({', '.join(SPECS)})")
     if key not in SPECS:
         raise BadInputError(f"unknown model {name!r}; choose one of: {', '.join(SPECS)}")
     spec = copy.deepcopy(SPECS[key])
@@ -103,10 +115,25 @@ def make_arch(
     chip_size: int | None = None,
     head: dict[str, Any] | None = None,
     encoder_overrides: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full ``arch`` dict for spec ``name`` adapted to a dataset and a task."""
+    """The full ``arch`` dict for spec ``name`` adapted to a dataset and a task.
+
+    ``inputs`` (:func:`terrastill.data.indices.input_config`): derived index channels the
+    model computes from the bands itself; its channels are the bands, then the indices."""
+    from terrastill.models.cnn import is_cnn, make_cnn_arch
+
+    if is_cnn(name):
+        if encoder_overrides:
+            raise BadInputError(f"model {name!r}: encoder overrides apply to ViT specs only")
+        return make_cnn_arch(name, task, num_classes, bands, num_steps, chip_size, head, inputs)
     spec = get_spec(name)
     enc = dict(spec["encoder"])
+    has_indices = bool(inputs and inputs.get("indices"))
+    if has_indices:
+        from terrastill.data.indices import channel_names
+
+        bands = channel_names(inputs, bands if bands is not None else spec["bands"])
     if bands is not None:
         enc["in_chans"] = len(bands)
     if num_steps is not None:
@@ -127,7 +154,7 @@ def make_arch(
         head_cfg.setdefault("num_outputs", 1)
     else:
         head_cfg["num_classes"] = int(num_classes)
-    return full_arch({
+    arch = {
         "name": spec["name"],
         "task": task,
         "encoder": enc,
@@ -135,11 +162,19 @@ def make_arch(
         "bands": list(bands) if bands is not None else list(spec["bands"]),
         "pretrained_bands": list(spec["bands"]),
         "hub": spec.get("hub"),
-    })
+    }
+    if has_indices:
+        arch["inputs"] = copy.deepcopy(inputs)
+    return full_arch(arch)
 
 
-def build_model(arch: dict[str, Any]) -> TerraModel:
-    """A freshly initialised model from an ``arch`` dict (as stored in a model card)."""
+def build_model(arch: dict[str, Any]) -> Any:
+    """A freshly initialised model from an ``arch`` dict (as stored in a model card): a
+    :class:`TerraModel` (ViT) or a :class:`~terrastill.models.cnn.CNNModel` baseline."""
+    if arch.get("family") == "cnn":
+        from terrastill.models.cnn import CNNModel
+
+        return CNNModel(arch)
     return TerraModel(arch)
 
 

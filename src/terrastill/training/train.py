@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from terrastill import __version__
 from terrastill.atomic import write_text_atomic
 from terrastill.data.dataset import ChipDataset, class_frequencies, read_dataset_meta
+from terrastill.data.indices import inputs_from_meta
 from terrastill.errors import BadInputError, SpecMismatchError
 from terrastill.models.modelfile import (
     ModelCard,
@@ -128,6 +129,9 @@ def input_spec_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     spec = {k: meta.get(k) for k in INPUT_SPEC_KEYS}
     spec["mean"] = [float(v) for v in meta["stats"]["mean"]]
     spec["std"] = [float(v) for v in meta["stats"]["std"]]
+    if meta.get("indices"):  # derived channels the model computes (its arch has the formulas)
+        spec["indices"] = [dict(i) for i in meta["indices"]]
+        spec["index_stats"] = {k: meta["index_stats"][k] for k in ("mean", "std")}
     return spec
 
 
@@ -286,7 +290,7 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     L.seed_everything(opt.seed, workers=True, verbose=False)
     arch = make_arch(opt.model, task, k, bands=meta["bands"], num_steps=int(meta["num_steps"]),
                      chip_size=int(meta["chip_size"]), head=opt.head,
-                     encoder_overrides=opt.encoder_overrides)
+                     encoder_overrides=opt.encoder_overrides, inputs=inputs_from_meta(meta))
     use_coords = uses_coords(arch)
     train_ds = ChipDataset(chips_dir, "train", FlipRotate() if opt.augment else None,
                            coords=use_coords, meta=meta)
@@ -300,7 +304,12 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                            freeze_encoder=opt.freeze_encoder, use_coords=use_coords)
     load_info = None
     if opt.weights and resume_from is None:
-        load_info = load_pretrained(module.model, opt.weights).to_dict()
+        if arch.get("family") == "cnn":
+            from terrastill.models.cnn import load_cnn_weights
+
+            load_info = load_cnn_weights(module.model, opt.weights)
+        else:
+            load_info = load_pretrained(module.model, opt.weights).to_dict()
 
     metric, _mode = MONITOR[task]
     has_val = len(val_ds) > 0
