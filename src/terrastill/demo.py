@@ -117,9 +117,11 @@ def run_demo(out: Path, opts: DemoOptions,
     if student is not None:
         if not student.exists():
             say(f"[4/5] distilling a student (layers {opts.student_layers})")
+            # the val labels are a few dozen pixels: the world's truth decides the depth
             distill(teacher, chips_dir, student.parent,
                     DistillOptions(layers=opts.student_layers, epochs=opts.distill_epochs,
-                                   seed=opts.seed, progress=_show(opts)))
+                                   seed=opts.seed, progress=_show(opts),
+                                   reference=[str(world_dir)]))
         if not read_card(student).precision:
             calibrate_precision(student, chips_dir)
         summary["student"] = {"path": str(student), "test": evaluate(student, chips_dir, "test"),

@@ -70,8 +70,21 @@ def distill(
                                       "negative from the end), e.g. '0:2,-1:-1'."),
     feature_loss: str = typer.Option("mse", "--feature-loss", help="mse or cosine."),
     feature_weight: float = typer.Option(1.0, "--feature-weight"),
-    head_channels: int | None = typer.Option(
-        None, "--head-channels", help="A lighter student head (fresh where shapes differ)."),
+    student: str | None = typer.Option(
+        None, "--student", help="Another student architecture, trained by logit distillation: "
+                                "a registry model (unet-r18, deeplabv3-r50, tiny…) from "
+                                "scratch, or a model file to start from (default: the "
+                                "teacher's first --layers blocks)."),
+    head_channels: str | None = typer.Option(
+        None, "--head-channels",
+        help="A lighter student head (fresh where shapes differ): a width, or auto to scale "
+             "the head with the student's depth (its MACs within the student's share of the "
+             "teacher's head cost)."),
+    reference: list[Path] = typer.Option(
+        [], "--reference",
+        help="auto: choose the depth on this dense reference over the val chips (rasters on "
+             "the chips' grid, one per UTM zone, or a demo world) instead of the val labels, "
+             "which may be too few to resolve the tolerance."),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Epochs of the final student."),
     search_epochs: int = typer.Option(5, "--search-epochs", min=1,
                                       help="auto: epochs per candidate depth."),
@@ -95,11 +108,12 @@ def distill(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Distil a teacher into a student made of its first N encoder blocks.
+    """Distil a teacher into a student made of its first N encoder blocks (or --student).
 
     Loss: α·task + (1 − α)·T²·KL(teacher ‖ student) over valid pixels (regression: MSE to
     the teacher). With --layers auto every candidate depth is trained briefly and the
-    smallest within --tolerance of the teacher is trained fully.
+    smallest within --tolerance of the teacher is trained fully. --student unet-r18 distils
+    the teacher's logits into another architecture (same classes and input channels).
 
     Example:
 
@@ -111,8 +125,9 @@ def distill(
     from terrastill.training.depth_search import rich_table
     from terrastill.training.distill import DistillOptions
     from terrastill.training.distill import distill as run_distill
+    from terrastill.training.head_sizing import parse_head_channels
 
-    if layers.strip().lower() != "auto":
+    if layers.strip().lower() != "auto" and not student:
         try:
             int(layers)
         except ValueError:
@@ -121,20 +136,30 @@ def distill(
         layers=layers, tolerance=tolerance, candidates=candidates, alpha=alpha,
         temperature=temperature, feature_pairs=feature_pairs, feature_loss=feature_loss,
         feature_weight=feature_weight,
-        head={"channels": head_channels} if head_channels else {}, epochs=epochs,
+        head=({"channels": parse_head_channels(head_channels)} if head_channels else {}),
+        epochs=epochs,
         search_epochs=search_epochs, search_all=search_all, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay,
         loss=loss, seed=seed, patience=patience, device=device, precision=precision,
         num_workers=num_workers, augment=not no_augment, progress=sys.stderr.isatty(),
-        bench_seconds=bench_seconds, name=name, command=_command_line())
+        bench_seconds=bench_seconds, name=name, command=_command_line(), student=student,
+        reference=[str(r) for r in reference] or None)
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         if kind == "teacher":
             console.print(f"teacher: {data['depth']} blocks, val {data['metric_name']} "
                           f"{_fmt(data['metric'])}")
+        elif kind == "evidence":
+            if data.get("source") != "val labels":
+                console.print(f"depth search judged on the {data['source']} (teacher "
+                              f"{_fmt(data.get('teacher_metric'))})")
+            if data.get("note"):
+                console.print(f"[yellow]warning:[/] {data['note']}")
         elif kind == "candidate":
+            ci = data.get("metric_interval")
+            extra = f" (95 % {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
             console.print(f"  depth {data['depth']}: val {data['metric_name']} "
-                          f"{_fmt(data['metric'])}")
+                          f"{_fmt(data['metric'])}{extra}")
         elif kind == "chosen":
             mark = "" if data["within_tolerance"] else " [yellow](none within tolerance)[/]"
             console.print(f"chosen depth [bold]{data['depth']}[/]{mark}; training it fully")

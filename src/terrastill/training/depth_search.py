@@ -106,7 +106,8 @@ def choose_depth(rows: Iterable[tuple[int, float | None]], teacher_metric: float
 # --- report ---------------------------------------------------------------------------------
 
 COLUMNS = ("role", "depth", "params", "encoder_params", "macs", "encoder_macs", "img_s",
-           "metric", "metric_name", "within_tolerance", "chosen", "epochs", "train_seconds")
+           "metric", "metric_name", "metric_interval", "evidence", "within_tolerance", "chosen",
+           "epochs", "train_seconds")
 
 
 def _fmt_int(v: Any) -> str:

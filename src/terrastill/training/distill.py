@@ -291,8 +291,14 @@ class DistillOptions:
     bench_seconds: float = 1.0  # img/s measurement per depth (0: skip)
     bench_batch_size: int = 8
     keep_search_checkpoints: bool = False
+    # auto: a dense reference (rasters or a demo world) to choose the depth on, scored over
+    # the val chips, when sparse labels cannot resolve the tolerance
+    reference: Sequence[str] | None = None
     name: str | None = None
     command: str | None = None
+    # another architecture to distil into (a registry name such as unet-r18, or a model file
+    # to start from) instead of the teacher's first N blocks: logit distillation only
+    student: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillOptions:
@@ -391,6 +397,31 @@ def _evaluate(ctx: _Context, model: nn.Module, splits: Sequence[str] = ("val", "
     return out
 
 
+def architecture_student(ctx: _Context, choice: str) -> nn.Module:
+    """A student of another architecture (``--student``): a registry model built for the
+    teacher's inputs and classes (fresh weights), or a model file (its weights) whose classes
+    and input channels must match the teacher's."""
+    from terrastill.models.cnn import check_student_fits
+    from terrastill.models.modelfile import load_model_file
+    from terrastill.models.registry import build_model, is_registered, list_models, make_arch
+
+    spec = ctx.card.input_spec
+    path = Path(choice)
+    if path.suffix in (".pt", ".pth") or path.is_file():
+        loaded = load_model_file(path)
+        check_student_fits(loaded.card.arch, ctx.teacher.arch, f"--student {choice}")
+        return loaded.model.train()
+    if not is_registered(choice):
+        raise BadInputError(f"--student {choice!r}: neither a model file nor a registry model "
+                            f"({', '.join(list_models())})")
+    head = ctx.teacher.arch["head"]
+    k = int(head.get("num_classes", head.get("num_outputs", 1)))
+    arch = make_arch(choice, ctx.task, k, bands=spec["bands"], num_steps=int(spec["num_steps"]),
+                     chip_size=int(spec["chip_size"]), inputs=ctx.teacher.arch.get("inputs"))
+    check_student_fits(arch, ctx.teacher.arch, f"--student {choice}")
+    return build_model(arch)
+
+
 def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
                   epochs: int) -> tuple[nn.Module, dict[str, Any]]:
     """Distil the teacher into a ``depth``-block student for ``epochs``; returns the best
@@ -402,7 +433,15 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
 
     quiet_lightning()
     L.seed_everything(opt.seed, workers=True, verbose=False)
-    student = make_student(ctx.teacher, depth, opt.head or None)
+    if opt.student:
+        student = architecture_student(ctx, opt.student)
+        depth = int(student.depth)
+    else:
+        from terrastill.training.head_sizing import resolve_head
+
+        outputs = len(ctx.class_names) if ctx.task != "regression" else 1
+        student = make_student(ctx.teacher, depth,
+                               resolve_head(ctx.teacher, depth, opt.head, outputs))
     pairs = resolve_feature_pairs(parse_feature_pairs(opt.feature_pairs), depth,
                                   ctx.teacher.encoder.depth)
     module = DISTILL_MODULES[ctx.task](
@@ -428,6 +467,61 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
                "best_epoch": best_epoch, "monitor": monitor, "train_seconds": round(seconds, 2),
                "history": run.history, "feature_pairs": pairs}
     return model, summary
+
+
+def _search_evidence(ctx: _Context, opt: DistillOptions, teacher_results: dict[str, Any]
+                     ) -> tuple[Any, dict[str, Any]]:
+    """What the depth search scores candidates on: the val split's labels, or the dense
+    reference over the val chips when one is given. Returns (dataset or None for the val
+    split, a description with the teacher's interval and whether it resolves the
+    tolerance)."""
+    from terrastill.data.dataset import ChipDataset
+    from terrastill.training.metrics import MONITOR
+    from terrastill.training.train import evaluate_model
+
+    metric, mode = MONITOR[ctx.task]
+    info: dict[str, Any] = {"source": "val labels"}
+    dataset = None
+    result = teacher_results.get("val") or {}
+    if opt.reference:
+        from terrastill.training.reference import apply_reference, resolve_references
+
+        ref = resolve_references(list(opt.reference), ctx.class_names)
+        ds = ChipDataset(ctx.chips_dir, "val", coords=ctx.use_coords, meta=ctx.meta)
+        try:
+            left_out = apply_reference(ds, ref)
+        except BadInputError as exc:
+            info["reference_unusable"] = str(exc)
+        else:
+            dataset = ds
+            result = evaluate_model(ctx.teacher, ds, ctx.task, ctx.class_names,
+                                    device=ctx.device, use_coords=ctx.use_coords)
+            ctx.teacher.cpu()
+            info = {"source": "dense reference over the val chips",
+                    "reference": ref.describe(), "chips_left_out": left_out}
+    interval = (result.get("intervals") or {}).get(metric)
+    value = result.get(metric)
+    info.update({"teacher_metric": value, "teacher_interval": interval,
+                 "labelled_pixels": result.get("n_pixels"), "chips": result.get("n_chips")})
+    if interval and value is not None:
+        width = (interval[1] - interval[0]) * 100.0
+        if mode == "min":  # tolerance in percent of the metric
+            width = width / max(abs(float(value)), 1e-12)
+        info["interval_width"] = round(width, 3)
+        info["resolves_tolerance"] = bool(width <= opt.tolerance)
+    else:
+        info["resolves_tolerance"] = False
+    if not info["resolves_tolerance"]:
+        hint = ("" if dataset is not None else
+                "; give a dense reference (--reference RASTER or a demo world) or more "
+                "labelled validation pixels")
+        info["note"] = (f"the teacher's validation {metric} is only known to within "
+                        f"{info.get('interval_width', float('nan')):.2f} (95 % interval over "
+                        f"{info.get('chips')} chips, {info.get('labelled_pixels')} pixels), "
+                        f"wider than the tolerance {opt.tolerance:g}: the choice of depth is "
+                        f"not resolved by this evidence{hint}")
+        log.warning(info["note"])
+    return dataset, info
 
 
 def _metric_of(results: dict[str, Any], task: str, split: str = "val") -> float | None:
@@ -490,7 +584,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                             f"{FEATURE_LOSSES}")
     parse_feature_pairs(opt.feature_pairs)
     layers = str(opt.layers).strip().lower()
-    if layers != "auto":
+    if layers != "auto" and not opt.student:
         try:
             fixed = int(layers)
         except ValueError:
@@ -499,8 +593,27 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     out = Path(out_dir)
     ctx = _load_context(teacher_path, chips_dir, opt)
     depth_t = int(ctx.teacher.encoder.depth)
+    if isinstance((opt.head or {}).get("channels"), int):  # too narrow: say so before training
+        from terrastill.training.head_sizing import resolve_head
+
+        resolve_head(ctx.teacher, depth_t, {"channels": opt.head["channels"]},
+                     len(ctx.class_names) if ctx.task != "regression" else 1)
+    cnn_teacher = ctx.teacher.arch.get("family") == "cnn"
+    if opt.student:
+        if opt.feature_pairs:
+            raise BadInputError("--feature-pairs: a --student of another architecture learns "
+                                "from the teacher's logits only")
+        if opt.head:
+            raise BadInputError("--head-channels: applies to students cut from the teacher, "
+                                "not to --student")
+        student0 = architecture_student(ctx, opt.student)  # refuses a mismatch up front
+        layers, fixed = "student", int(student0.depth)
+        del student0
+    elif cnn_teacher:
+        raise BadInputError(f"{teacher_path}: a CNN teacher cannot be cut into encoder "
+                            "blocks; choose a student architecture with --student")
     metric_name, mode = MONITOR[ctx.task]
-    if layers != "auto" and not 1 <= fixed <= depth_t:
+    if layers not in ("auto", "student") and not 1 <= fixed <= depth_t:
         raise BadInputError(f"--layers {fixed}: the teacher has {depth_t} encoder blocks; "
                             f"choose 1..{depth_t}")
     cands = depth_search.candidate_depths(depth_t, opt.candidates) if layers == "auto" else []
@@ -517,7 +630,15 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     emit("teacher", teacher_row)
 
     search_rows: list[dict[str, Any]] | None = None
+    evidence: dict[str, Any] | None = None
     if layers == "auto":
+        from terrastill.training.train import evaluate_model
+
+        evidence_ds, evidence = _search_evidence(ctx, opt, teacher_results)
+        emit("evidence", evidence)
+        if evidence_ds is not None:  # candidates and the teacher judged on the reference
+            teacher_metric = evidence["teacher_metric"]
+            teacher_row["metric"] = teacher_metric
         search_rows = []
         for d in cands:
             cdir = out / "search" / f"depth-{d}"
@@ -526,10 +647,18 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                 row = json.loads(done.read_text())
             else:
                 model, summ = train_student(ctx, d, cdir, opt, opt.search_epochs)
-                res = _evaluate(ctx, model, ("val",))
+                if evidence_ds is not None:
+                    res = {"val": evaluate_model(model, evidence_ds, ctx.task, ctx.class_names,
+                                                 device=ctx.device,
+                                                 use_coords=ctx.use_coords)}
+                    model.cpu()
+                else:
+                    res = _evaluate(ctx, model, ("val",))
+                interval = (res.get("val") or {}).get("intervals", {}).get(metric_name)
                 row = {"depth": d, "role": "candidate", **_stats(model),
                        "img_s": _throughput(model, opt, ctx.device),
                        "metric": _metric_of(res, ctx.task), "metric_name": metric_name,
+                       "metric_interval": interval, "evidence": evidence["source"],
                        "train_seconds": summ["train_seconds"], "epochs": opt.search_epochs}
                 write_text_atomic(done, json.dumps(plain(row), indent=2))
                 if not opt.keep_search_checkpoints:
@@ -573,15 +702,18 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                         for s, r in teacher_results.items()})
     s_metrics = plain({s: {k: v for k, v in r.items() if k not in strip}
                         for s, r in results.items()})
-    settings = {"layers": str(opt.layers), "depth": depth, "alpha": opt.alpha,
+    settings = {"layers": str(opt.layers), "depth": depth, "student": opt.student,
+                "alpha": opt.alpha,
                 "temperature": opt.temperature, "tolerance": opt.tolerance,
                 "feature_pairs": summ["feature_pairs"], "feature_loss": opt.feature_loss,
                 "feature_weight": opt.feature_weight, "head": opt.head or None,
+                "search_evidence": evidence,
                 "loss": opt.loss or ("mse" if ctx.task == "regression" else "ce")}
     teacher_info = {"path": str(ctx.teacher_path), "name": ctx.card.name, "depth": depth_t,
                     "params": teacher_row["params"], "macs": teacher_row["macs"],
                     "encoder_macs": teacher_row["encoder_macs"], "metrics": t_metrics}
-    name = opt.name or f"{ctx.card.name}-student-{depth}"
+    name = opt.name or (f"{ctx.card.name}-student-{Path(opt.student).stem}" if opt.student
+                        else f"{ctx.card.name}-student-{depth}")
     card = ModelCard(
         name=name, task=ctx.task, arch=model.arch, input_spec=dict(ctx.card.input_spec),
         class_names=ctx.class_names, class_colors=list(ctx.card.class_colors or []),
