@@ -243,6 +243,14 @@ def create_app(
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     app.include_router(build_router(settings))
+    if settings.indexes_dir is not None:
+        from terrastill.app.search import build_search_router
+
+        app.include_router(build_search_router(settings))
+    if settings.changes_dir is not None:
+        from terrastill.app.change import build_change_router
+
+        app.include_router(build_change_router(settings))
     if static_dir.is_dir():
         app.mount("/", StaticFiles(directory=static_dir, html=True), name="web")
     if not web_map:

@@ -6,7 +6,6 @@ the files behind a job are found from the job's own row, never from anything the
 """
 
 import datetime as dt
-import hmac
 import math
 import re
 from pathlib import Path
@@ -16,7 +15,6 @@ import rasterio.errors
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely import GEOSException
 from shapely.geometry import box, mapping, shape
@@ -26,6 +24,7 @@ from titiler.core.models.mapbox import TileJSON
 
 from terrastill import __version__
 from terrastill.app import imagery, tiles
+from terrastill.app.auth import token_dependency
 from terrastill.app.jobs import JOB_ID_PATTERN, STAGES, Job
 from terrastill.app.safety import scrub_paths, scrub_value
 from terrastill.app.settings import Settings
@@ -253,20 +252,7 @@ DownloadLayer = Literal["classes", "truecolor", "probabilities"]
 
 def build_router(settings: Settings) -> APIRouter:
     """All /api routes; the token check (when configured) is a dependency of the router."""
-    bearer = HTTPBearer(auto_error=False, description="Set when the server has a token.")
-
-    def require_token(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if settings.token is None:
-            return
-        given = creds.credentials.encode() if creds is not None else b""
-        if not hmac.compare_digest(given, settings.token.encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    require_token = token_dependency(settings)
 
     router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=_errors(401))
 

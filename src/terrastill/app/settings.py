@@ -40,6 +40,12 @@ class Settings(BaseModel):
     public_url: str | None = Field(
         None, description="Base URL clients reach the server at (TileJSON links); None: the "
                           "request's own.")
+    indexes_dir: Path | None = Field(
+        None, description="Search indexes (a folder holding index folders, or one index); "
+                          "None: no search routes.")
+    changes_dir: Path | None = Field(
+        None, description="Change products (a folder of `terrastill change` outputs, or one); "
+                          "None: no change routes.")
 
     @field_validator("token")
     @classmethod

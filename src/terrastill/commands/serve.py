@@ -61,6 +61,12 @@ def serve(
     public_url: str | None = typer.Option(
         None, "--public-url",
         help="Base URL clients reach this server at, for TileJSON links (behind a proxy)."),
+    indexes: Path | None = typer.Option(
+        None, "--indexes", file_okay=False,
+        help="Folder of search indexes (terrastill index) to offer for search by example."),
+    changes: Path | None = typer.Option(
+        None, "--changes", file_okay=False,
+        help="Folder of change products (terrastill change) for the map's Change mode."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log requests and jobs."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -78,6 +84,10 @@ def serve(
     setup_logging(verbose)
     if not models.is_dir():
         raise BadInputError(f"--models {models}: no such folder")
+    if indexes is not None and not indexes.is_dir():
+        raise BadInputError(f"--indexes {indexes}: no such folder")
+    if changes is not None and not changes.is_dir():
+        raise BadInputError(f"--changes {changes}: no such folder")
     if token is not None and not token.strip():
         raise BadInputError("--token is blank (or TERRASTILL_TOKEN is set but empty): give a "
                             "real token, or none for a local server")
@@ -104,6 +114,8 @@ def serve(
             allowed_hosts=tuple(hosts),
             public_url=public_url,
             basemap=basemap,
+            indexes_dir=indexes,
+            changes_dir=changes,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -99,7 +99,11 @@
   });
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-left");
   map.addControl(new maplibregl.ScaleControl(), "bottom-left");
-  window.terrastill = { map, state };
+  // the API paths this server offers (search and change routes exist only when configured):
+  // optional panels ask here instead of probing a route and logging a 404
+  const routes = fetch("openapi.json").then((r) => r.json())
+    .then((spec) => new Set(Object.keys(spec.paths || {}))).catch(() => new Set());
+  window.terrastill = { map, state, routes };
 
   const emptyFC = () => ({ type: "FeatureCollection", features: [] });
 
