@@ -40,6 +40,7 @@ def test_auto_head_keeps_the_head_within_its_share(flood_model):
 def test_head_channels_parsing_and_the_class_floor(flood_model):
     teacher = load_model_file(flood_model).model
     assert parse_head_channels("auto") == "auto" and parse_head_channels("16") == 16
+    assert parse_head_channels("teacher") is None
     for bad in ("x", "0"):
         with pytest.raises(BadInputError):
             parse_head_channels(bad)

@@ -75,11 +75,11 @@ def distill(
                                 "a registry model (unet-r18, deeplabv3-r50, tiny…) from "
                                 "scratch, or a model file to start from (default: the "
                                 "teacher's first --layers blocks)."),
-    head_channels: str | None = typer.Option(
-        None, "--head-channels",
-        help="A lighter student head (fresh where shapes differ): a width, or auto to scale "
-             "the head with the student's depth (its MACs within the student's share of the "
-             "teacher's head cost)."),
+    head_channels: str = typer.Option(
+        "auto", "--head-channels",
+        help="The student head's width (fresh weights where shapes differ): auto scales it "
+             "with the student's depth (its MACs within the student's share of the teacher's "
+             "head cost), a number sets it, teacher keeps the teacher's head."),
     reference: list[Path] = typer.Option(
         [], "--reference",
         help="auto: choose the depth on this dense reference over the val chips (rasters on "
@@ -136,7 +136,8 @@ def distill(
         layers=layers, tolerance=tolerance, candidates=candidates, alpha=alpha,
         temperature=temperature, feature_pairs=feature_pairs, feature_loss=feature_loss,
         feature_weight=feature_weight,
-        head=({"channels": parse_head_channels(head_channels)} if head_channels else {}),
+        head=({"channels": parse_head_channels(head_channels)}
+              if parse_head_channels(head_channels) is not None else {}),
         epochs=epochs,
         search_epochs=search_epochs, search_all=search_all, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay,

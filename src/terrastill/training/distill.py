@@ -272,7 +272,8 @@ class DistillOptions:
     feature_pairs: str | Sequence[Sequence[int]] | None = None
     feature_loss: str = "mse"
     feature_weight: float = 1.0
-    head: dict[str, Any] = field(default_factory=dict)
+    # head overrides; channels "auto" sizes the head with the student's depth (head_sizing)
+    head: dict[str, Any] = field(default_factory=lambda: {"channels": "auto"})
     epochs: int = 15
     search_epochs: int = 5
     batch_size: int = 16
@@ -603,7 +604,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
         if opt.feature_pairs:
             raise BadInputError("--feature-pairs: a --student of another architecture learns "
                                 "from the teacher's logits only")
-        if opt.head:
+        if opt.head and opt.head.get("channels") not in (None, "auto"):
             raise BadInputError("--head-channels: applies to students cut from the teacher, "
                                 "not to --student")
         student0 = architecture_student(ctx, opt.student)  # refuses a mismatch up front

@@ -97,16 +97,17 @@ def resolve_head(teacher: nn.Module, depth: int, head: dict[str, Any] | None,
 
 
 def parse_head_channels(value: str | None) -> int | str | None:
-    """``--head-channels``: a positive width, ``auto``, or nothing."""
-    if value is None or value == "":
+    """``--head-channels``: a positive width, ``auto``, or ``teacher``/nothing (None: keep the
+    teacher's head)."""
+    if value is None or value.strip().lower() in ("", "teacher"):
         return None
     if value.strip().lower() == "auto":
         return "auto"
     try:
         n = int(value)
     except ValueError:
-        raise BadInputError(f"--head-channels {value!r}: a number of channels or 'auto'"
-                            ) from None
+        raise BadInputError(f"--head-channels {value!r}: a number of channels, 'auto' or "
+                            "'teacher'") from None
     if n < 1:
         raise BadInputError(f"--head-channels {n}: must be at least 1")
     return n
