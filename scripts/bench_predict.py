@@ -24,6 +24,8 @@ the predictions and the model-only figure on the GPU (peak memory is still the h
 
     python scripts/bench_predict.py --world demo-out/world \
         demo-out/serve-models/flood-teacher.pt demo-out/serve-models/flood-student.pt
+    python scripts/bench_predict.py --world demo-out/world-hls-production \
+        --preset hls-production demo-out/serve-models/flood-student.pt
 """
 
 from __future__ import annotations
@@ -88,14 +90,25 @@ def peak_memory(model: Path, catalog: str, date: dt.date, bbox: list[float],
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bare_read_seconds(hrefs: list[str]) -> float:
-    """Seconds to open each asset and decode its first band whole with plain rasterio (the
-    demo world's files are single strips, so any window of one decodes all of it)."""
+def bare_read_seconds(hrefs: list[str], bbox: list[float] | None = None) -> float:
+    """Seconds to open each asset and decode its first band over the AOI (``bbox``, lon/lat;
+    whole without one) with plain rasterio: the demo world's files are single strips, so any
+    window decodes all of it; a tiled production file decodes only the tiles the AOI meets."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
     with rasterio.Env(**gdal_env()):
         t0 = time.perf_counter()
         for href in hrefs:
             with rasterio.open(gdal_path(href)) as src:
-                src.read(1)
+                if bbox is None:
+                    src.read(1)
+                    continue
+                left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *bbox)
+                win = from_bounds(left, bottom, right, top, src.transform)
+                win = win.round_offsets().round_lengths().intersection(
+                    rasterio.windows.Window(0, 0, src.width, src.height))
+                src.read(1, window=win)
         return time.perf_counter() - t0
 
 
@@ -125,9 +138,12 @@ def clear_date(catalog: str, after: dt.date, steps: int = 3, step: int = 14,
     return min((d for d in cloud if d > after), key=lambda d: (worst_step(d), d))
 
 
-def aois(bbox: list[float], frac: float) -> dict[str, list[float]]:
-    """The timed AOIs: the world's centre (across the zone boundary) and one zone's part."""
+def aois(bbox: list[float], frac: float, zones: int = 2) -> dict[str, list[float]]:
+    """The timed AOIs: the world's centre (across the zone boundary) and one zone's part; in a
+    one-zone world (e.g. the hls-production preset) the centre alone."""
     centre = sub_bbox(bbox, frac)
+    if zones < 2:
+        return {"centre": centre}
     edge = 6 * round((centre[0] + centre[2]) / 2 / 6 + 30) - 180  # nearest zone boundary
     east = min(centre[2], edge - 0.01)
     west = [max(bbox[0], east - (centre[2] - centre[0])), centre[1], east, centre[3]]
@@ -152,7 +168,7 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
         timing = max((measure(bm, device=device, precision="fp32", compile=False,
                               batch_size=batch_size, seconds=seconds, warmup=2)
                       for _ in range(3)), key=lambda t: t.img_s)
-        for label, bbox in aois(m["bbox"], frac).items():
+        for label, bbox in aois(m["bbox"], frac, len(m["epsg"])).items():
             runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
             bare = []
             for _ in range(repeat):
@@ -167,7 +183,7 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                         f"[yellow]{label}: the prediction opened {MAX_OPEN_DATASETS} files or "
                         "more; bare reads count only the last ones (a lower bound)")
                 close_datasets()
-                bare.append(bare_read_seconds(assets))
+                bare.append(bare_read_seconds(assets, bbox))
             predicted = r.windows - skipped
             row = {
                 "model": model.name, "aoi": label, "depth": bm.depth, "windows": r.windows,
@@ -191,7 +207,7 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
             # the cold ratio if reading cost only the bare reads and writing nothing
             best = predicted / (row["cold_inference_s"] + row["bare_read_s"])
             row["cold_ratio_ceiling"] = round(best / timing.img_s, 3)
-            if memory and label == "across zones":
+            if memory and label in ("across zones", "centre"):
                 small = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac / 2),
                                     device)
                 large = peak_memory(model, m["catalog"], date, sub_bbox(m["bbox"], frac),
@@ -216,7 +232,12 @@ def _predict(model: Path, catalog: str, date: dt.date, bbox: list[float],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", type=Path)
-    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--world", type=Path, required=True,
+                    help="a world folder; with --preset, built there first if missing and "
+                         "reused by later runs")
+    ap.add_argument("--preset", default=None,
+                    help="world preset to build (e.g. hls-production: HLS-granule-sized "
+                         "tiled COGs)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--aoi-fraction", type=float, default=0.5,
@@ -227,6 +248,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu",
                     help="cpu or cuda: both the predictions and the model-only figure run there")
     args = ap.parse_args()
+    if args.preset and not (args.world / "world.json").is_file():
+        from terrastill.world.build import build_world
+        from terrastill.world.config import WorldConfig
+        from terrastill.world.presets import preset
+
+        Console(stderr=True).print(f"building the {args.preset} world in {args.world} (once)")
+        build_world(args.world, WorldConfig(**preset(args.preset)))
     res = run(args.world, args.models, args.batch_size, args.seconds, args.aoi_fraction,
               not args.no_memory, args.repeat, resolve_device(args.device))
     table = Table(title=f"prediction throughput on {res['device']} (medians of "

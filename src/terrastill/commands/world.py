@@ -6,6 +6,7 @@ import time
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,6 +31,7 @@ def _date(value: str | None, name: str) -> date | None:
 
 @handle_errors
 def world(
+    ctx: typer.Context,
     out: Path = typer.Argument(..., help="Folder to write the world into (world.json inside)."),
     source: Source = typer.Option(Source.hls, "--source", help="Imagery to simulate."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same bytes)."),
@@ -57,6 +59,18 @@ def world(
                                   help="Also write observations/<task>_with_bad_rows.csv."),
     workers: int = typer.Option(0, "--workers", min=0, max=64,
                                 help="Processes writing scenes (0: auto, 1: none)."),
+    fine_factor: int = typer.Option(1, "--fine-factor", min=1, max=8,
+                                    help="s2: render scenes from a truth this many times finer "
+                                         "(e.g. 4: 2.5 m), saved under truth/fine/."),
+    fine_psf: float = typer.Option(3.0, "--fine-psf",
+                                   help="Gaussian PSF sigma (m) of a --fine-factor world."),
+    fine_shift: float = typer.Option(2.0, "--fine-shift",
+                                     help="Std (m) of the per-acquisition sub-pixel shifts."),
+    preset_name: str | None = typer.Option(
+        None, "--preset",
+        help="A named configuration: demo, or hls-production (one 3,660 px HLS-granule-sized "
+             "tile, 512 px internal tiles, for read/predict benchmarks). Options given on the "
+             "command line override it."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log progress details."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -64,6 +78,8 @@ def world(
     scenes with clouds, a STAC catalogue, truth rasters and field observations.
 
     Example: terrastill world demo-out/world --source hls --seed 0
+
+    Example: terrastill world demo-out/world-hls-production --preset hls-production
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -71,14 +87,23 @@ def world(
     from terrastill.world.build import WorldConfig, build_world
 
     setup_logging(verbose)
+    fields: dict[str, Any] = dict(
+        source=source.value, seed=seed, tiles_x=tiles_x, tiles_y=tiles_y, tile_size=tile_size,
+        overlap=overlap, zones=zones, center_lon=center_lon, center_lat=center_lat,
+        start=_date(start, "start"), end=_date(end, "end"), revisit=revisit,
+        flood_date=_date(flood_date, "flood-date"), flood_end=_date(flood_end, "flood-end"),
+        observations=observations, bad_rows=bad_rows, workers=workers,
+        fine_factor=fine_factor, fine_psf=fine_psf, fine_shift=fine_shift,
+    )
+    if preset_name is not None:
+        from terrastill.world.presets import preset
+
+        for key, value in preset(preset_name).items():
+            given = ctx.get_parameter_source(key)  # None: not an option of this command
+            if given is None or given.name == "DEFAULT":
+                fields[key] = value
     try:
-        cfg = WorldConfig(
-            source=source.value, seed=seed, tiles_x=tiles_x, tiles_y=tiles_y, tile_size=tile_size,
-            overlap=overlap, zones=zones, center_lon=center_lon, center_lat=center_lat,
-            start=_date(start, "start"), end=_date(end, "end"), revisit=revisit,
-            flood_date=_date(flood_date, "flood-date"), flood_end=_date(flood_end, "flood-end"),
-            observations=observations, bad_rows=bad_rows, workers=workers,
-        )
+        cfg = WorldConfig(**fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

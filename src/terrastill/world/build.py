@@ -8,7 +8,10 @@ Layout of ``OUT`` (every path in the manifest is relative to ``OUT``)::
     scenes/<tile>/<item id>/<key>.tif  one COG per band and the QA band (Fmask / SCL)
     truth/landcover_<epsg>.tif       int16 class ids, one raster per UTM zone (zone union grid)
     truth/flood_<epsg>.tif           int16 0 land / 1 water on the flood date
+    truth/fine/<epsg>/<date>.tif     --fine-factor (s2): each pass's fine truth (world/fine.py;
+                                     world.json "fine": factor, PSF, shifts, truth paths)
     observations/<task>.csv          lon,lat,date,label (label = class name)
+    zones.parquet                    census-like blocks with truth-derived shares (world/zones)
     observations/<task>_with_bad_rows.csv   with --bad-rows
 
 ``world.json`` (version 1)::
@@ -47,7 +50,7 @@ from affine import Affine
 
 from terrastill.atomic import remove_stale_temps, write_text_atomic
 from terrastill.errors import BadInputError, NotFoundError
-from terrastill.world import catalogue, clouds, observations, scenes, spectra
+from terrastill.world import catalogue, clouds, fine, observations, scenes, spectra
 from terrastill.world.config import WorldConfig
 from terrastill.world.grid import LocalFrame, ZoneGrid, layout, region_bbox
 from terrastill.world.noise import fbm, value_noise
@@ -185,8 +188,9 @@ def _write_pass(world: World, p: Pass, zone: ZoneData, out: Path) -> tuple[list[
         bands10 = tuple(scenes.S2_10M_KEYS.values())
         bands20 = tuple(scenes.S2_20M_KEYS.values())
         allb = bands10 + bands20
-        refl = spectra.observe(spectra.surface(lc, veg, water, zone.texture, allb), masks, rng,
-                               allb)
+        surf = (fine.render_pass(world, zone, p, allb, out) if cfg.fine_factor > 1
+                else spectra.surface(lc, veg, water, zone.texture, allb))
+        refl = spectra.observe(surf, masks, rng, allb)
         off = -0.1 if scenes.s2_offset(p.baseline) else 0.0
         dn10 = scenes.s2_dn(refl[: len(bands10)], masks.nodata, p.baseline)
         nod20 = scenes.any2(masks.nodata)
@@ -228,7 +232,7 @@ def _write_pass(world: World, p: Pass, zone: ZoneData, out: Path) -> tuple[list[
             tr = tile.transform @ Affine.scale(f)
             rel = f"scenes/{tile.id}/{iid}/{key}.tif"
             scenes.write_cog(out / rel, np.ascontiguousarray(sub), tr, tile.epsg, nodata,
-                             resampling)
+                             resampling, block=cfg.block_size)
             hrefs[key] = rel
             ex = specs_extra[key]
             specs.append(catalogue.AssetSpec(
@@ -283,6 +287,9 @@ def build_world(out: Path, config: WorldConfig | None = None,
         truth_paths["landcover"][str(g.epsg)] = lc_rel
         truth_paths["flood"][str(g.epsg)] = fl_rel
     tick("truth")
+    from terrastill.world.zones import write_zones
+
+    zones_rel = write_zones(out, world, truth_paths["landcover"])  # census-like blocks
 
     jobs = [(pi, zi) for pi in range(len(world.passes)) for zi in range(len(world.zones))]
     feats: list[dict] = []
@@ -366,10 +373,15 @@ def build_world(out: Path, config: WorldConfig | None = None,
         "items": len(items),
         "acquisitions": len(world.passes),
         "tasks": tasks,
-        "config": json.loads(config.model_dump_json(exclude={"workers"})),
+        "config": json.loads(config.model_dump_json(
+            exclude={"workers"} | fine.config_exclude(config)
+            | ({"block_size"} if config.block_size is None else set()))),
     }
+    manifest["zones"] = zones_rel
     if config.bad_rows:
         manifest["bad_rows"] = bad
+    if config.fine_factor > 1:
+        manifest["fine"] = fine.manifest_section(world)
     write_text_atomic(out / "world.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -399,5 +411,7 @@ def load_manifest(path: str | Path) -> dict:
         t["truth"] = {k: absolute(v) for k, v in t["truth"].items()}
     for b in m.get("bad_rows", {}).values():
         b["file"] = absolute(b["file"])
+    if "zones" in m:
+        m["zones"] = absolute(m["zones"])
     m["root"] = str(root)
     return m

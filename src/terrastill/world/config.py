@@ -37,6 +37,13 @@ class WorldConfig(BaseModel):
     observations: int = Field(200, ge=0, le=100_000)
     bad_rows: bool = False
     workers: int = Field(0, ge=0, le=64)  # processes for the scenes (0: auto); same bytes
+    # internal tile size of the scene COGs (None: 256, 128 for small tiles); real HLS: 512
+    block_size: int | None = Field(None, ge=128, le=2048, multiple_of=128)
+    # s2 only: scenes rendered from a truth this many times finer, through a Gaussian PSF of
+    # fine_psf m and per-pass shifts of fine_shift m (std); see world/fine.py
+    fine_factor: int = Field(1, ge=1, le=8)
+    fine_psf: float = Field(3.0, gt=0.0, le=20.0)
+    fine_shift: float = Field(2.0, ge=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _check(self) -> WorldConfig:
@@ -52,6 +59,8 @@ class WorldConfig(BaseModel):
             raise ValueError(f"overlap {self.overlap_px} must be less than half the tile size")
         if self.source == "s2" and self.tile_size % 2:
             raise ValueError("Sentinel-2 tiles need an even tile size (20 m bands)")
+        if self.fine_factor > 1 and self.source != "s2":
+            raise ValueError("a fine truth (fine factor > 1) needs source s2")
         return self
 
     @property

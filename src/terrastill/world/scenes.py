@@ -37,14 +37,15 @@ def blocksize(height: int, width: int) -> int:
 
 def write_cog(path: Path, data: np.ndarray, transform: Affine, epsg: int, nodata: float | None,
               resampling: str = "average", descriptions: list[str] | None = None,
-              tags: dict[str, str] | None = None) -> None:
-    """Write ``data`` ((bands,) H, W) as a deflate-compressed COG, atomically and byte-stable."""
+              tags: dict[str, str] | None = None, block: int | None = None) -> None:
+    """Write ``data`` ((bands,) H, W) as a deflate-compressed COG, atomically and byte-stable
+    (internal tiles of ``block`` pixels, default :func:`blocksize`)."""
     arr = data if data.ndim == 3 else data[None]
     count, h, w = arr.shape
     profile = {
         "driver": "COG", "width": w, "height": h, "count": count, "dtype": arr.dtype.name,
         "crs": CRS.from_epsg(epsg), "transform": transform, "nodata": nodata,
-        "BLOCKSIZE": blocksize(h, w), "COMPRESS": "DEFLATE", "LEVEL": 1,
+        "BLOCKSIZE": block or blocksize(h, w), "COMPRESS": "DEFLATE", "LEVEL": 1,
         "OVERVIEW_RESAMPLING": resampling.upper(), "NUM_THREADS": 1,
     }
     if arr.dtype.kind in "iu":
