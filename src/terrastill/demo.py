@@ -27,6 +27,8 @@ class DemoOptions:
     epochs: int = 15
     distill_epochs: int = 10
     student_layers: str = "auto"
+    # the student's head: "auto" (sized with its depth, fresh weights) or "teacher" (copied)
+    student_head: str = "auto"
     chip_size: int = 32
     observations: int = 400
     quick: bool = False
@@ -37,8 +39,10 @@ class DemoOptions:
     def quick_options(cls, **kw: Any) -> DemoOptions:
         world = {"tiles_x": 1, "tiles_y": 1, "tile_size": 96, "start": "2024-06-01",
                  "end": "2024-08-31", "revisit": 4, "flood_date": "2024-07-20"}
+        # one distillation epoch cannot train a fresh head: the quick demo keeps the teacher's
         base = {"epochs": 2, "distill_epochs": 1, "chip_size": 16, "observations": 80,
-                "student_layers": "1", "quick": True, "world": world}
+                "student_layers": "1", "student_head": "teacher", "quick": True,
+                "world": world}
         base.update(kw)
         return cls(**base)
 
@@ -116,10 +120,13 @@ def run_demo(out: Path, opts: DemoOptions,
         student = None
     if student is not None:
         if not student.exists():
-            say(f"[4/5] distilling a student (layers {opts.student_layers})")
+            say(f"[4/5] distilling a student (layers {opts.student_layers}, head "
+                f"{opts.student_head})")
             # the val labels are a few dozen pixels: the world's truth decides the depth
             distill(teacher, chips_dir, student.parent,
                     DistillOptions(layers=opts.student_layers, epochs=opts.distill_epochs,
+                                   head=({"channels": "auto"} if opts.student_head == "auto"
+                                         else {}),
                                    seed=opts.seed, progress=_show(opts),
                                    reference=[str(world_dir)]))
         if not read_card(student).precision:

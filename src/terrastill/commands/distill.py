@@ -76,11 +76,11 @@ def distill(
                                 "scratch, or a model file to start from (default: the "
                                 "teacher's first --layers blocks)."),
     head_channels: str = typer.Option(
-        "teacher", "--head-channels",
-        help="The student head's width: teacher keeps the teacher's head (weights included); "
-             "auto scales it with the student's depth (its MACs within the student's share of "
-             "the teacher's head cost; fresh weights where shapes differ, so it needs more "
-             "epochs); a number sets it."),
+        "auto", "--head-channels",
+        help="The student head's width: auto scales it with the student's depth (its MACs "
+             "within the student's share of the teacher's head cost; fresh weights where "
+             "shapes differ, so give it several epochs); a number sets it; teacher keeps the "
+             "teacher's head, weights included."),
     reference: list[Path] = typer.Option(
         [], "--reference",
         help="auto: choose the depth on this dense reference over the val chips (rasters on "

@@ -272,9 +272,9 @@ class DistillOptions:
     feature_pairs: str | Sequence[Sequence[int]] | None = None
     feature_loss: str = "mse"
     feature_weight: float = 1.0
-    # head overrides, e.g. {"channels": "auto"}: sized with the student's depth (head_sizing);
+    # head overrides: {"channels": "auto"} sizes it with the student's depth (head_sizing);
     # empty: the teacher's head, weights and all
-    head: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=lambda: {"channels": "auto"})
     epochs: int = 15
     search_epochs: int = 5
     batch_size: int = 16
