@@ -8,19 +8,18 @@ logistic regression in the browser; ``POST /api/changes/{id}/models`` stores it 
 folder as a ``change-fit`` model file, so ``terrastill change-map`` can use it.
 """
 
-import hmac
 import json
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from terrastill.app.auth import token_dependency
 from terrastill.app.settings import Settings
 from terrastill.errors import BadInputError, NotFoundError
 
@@ -70,17 +69,7 @@ class ModelBody(BaseModel):
 
 def build_change_router(settings: Settings) -> APIRouter:
     """The /api/changes routes, behind the same token as the job routes."""
-    bearer = HTTPBearer(auto_error=False, description="Set when the server has a token.")
-
-    def require_token(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if settings.token is None:
-            return
-        given = creds.credentials.encode() if creds is not None else b""
-        if not hmac.compare_digest(given, settings.token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: "
-                                "Bearer <token>')", headers={"WWW-Authenticate": "Bearer"})
+    require_token = token_dependency(settings)
 
     router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], tags=["change"])
     ProductId = Annotated[str, PathParam(pattern=PRODUCT_ID)]
