@@ -322,6 +322,24 @@ def test_align_zeroshot_retrieve_end_to_end(work, tmp_path):
     got = [v.split(",") for v in (tmp_path / "i.csv").read_text().splitlines()[1:]]
     assert len(got) == 12 and all(r[3] and r[4] for r in got)  # lon, lat of each row
     assert [r[1] for r in got[:3]] == [v.split(",")[1] for v in lines[1:]]  # int8 ≈ float
+    # GeoParquet like a search result, and an area filter: a box around the best row's centre
+    lon, lat = float(got[0][3]), float(got[0][4])
+    box = [str(v) for v in (lon - 1e-4, lat - 1e-4, lon + 1e-4, lat + 1e-4)]
+    res = _cli("retrieve", tmp_path / "vlm", "--text", "dense tree canopy covering the land",
+               "--index", tmp_path / "idx-emb", "--top", "12", "--out", tmp_path / "i.parquet",
+               "--bbox", *box, *cache)
+    assert res.exit_code == 0, res.output
+    import geopandas as gpd
+
+    ranked = gpd.read_parquet(tmp_path / "i.parquet")
+    assert ranked.crs.to_epsg() == 4326 and 1 <= len(ranked) < 12
+    assert ranked["id"].iloc[0] == got[0][1] and list(ranked["rank"]) == list(
+        range(1, len(ranked) + 1))
+    assert (ranked["distance"].diff().dropna() >= -1e-9).all()
+    assert ranked.geometry.intersects(__import__("shapely").box(*map(float, box))).all()
+    res = _cli("retrieve", tmp_path / "vlm", "--text", "forest", "--images", work["images"],
+               "--bbox", *box, *cache)
+    assert res.exit_code == 2 and "--index" in res.output
     res = _cli("retrieve", tmp_path / "vlm", "--text", "forest", "--index",
                tmp_path / "idx-emb-t", *cache)
     assert res.exit_code == 2 and "student" in res.output

@@ -289,8 +289,17 @@ def retrieve(
         None, "--index", help="Search index (`terrastill index`) of embeddings made with the "
                               "VLM's student: its int8 re-rank vectors are ranked."),
     top: int = typer.Option(10, "--top", min=1, help="How many results to show / write."),
-    out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="Write rank, id, label, lon, lat, score as CSV."),
+    bbox: tuple[float, float, float, float] | None = typer.Option(
+        None, "--bbox", help="--index: only rows whose footprint meets this lon/lat box "
+                             "(minx miny maxx maxy); shards outside it are not read.",
+        show_default=False),
+    aoi: Path | None = typer.Option(None, "--aoi", help="--index: only rows meeting this "
+                                                        "area (GeoJSON/GeoParquet/GeoPackage)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o",
+        help="Write the ranking: .parquet (--index) as GeoParquet like `search` results "
+             "(rank, score, distance = 1 − score, id, geometry, the index's columns), "
+             "otherwise CSV (rank, id, label, lon, lat, score)."),
     image_bands: str | None = ImageBands,
     scale: float | None = Scale,
     cache_dir: Path | None = CacheDir,
@@ -319,13 +328,29 @@ def retrieve(
         raise BadInputError("--text: the query is empty")
     if (images is None) == (index is None):
         raise BadInputError("give --images DIR or --index INDEX (one of them)")
+    if index is None and (bbox is not None or aoi is not None):
+        raise BadInputError("--bbox / --aoi filter the rows of an --index (images have no "
+                            "place to filter by)")
+    if bbox is not None and aoi is not None:
+        raise BadInputError("give --bbox or --aoi, not both")
+    geo_out = out is not None and out.suffix.lower() in (".parquet", ".geoparquet")
+    if geo_out and index is None:
+        raise BadInputError(f"--out {out}: GeoParquet needs --index rows (images have no "
+                            "footprint); write .csv")
+    area = None
+    if bbox is not None or aoi is not None:
+        from shapely.ops import unary_union
+
+        from terrastill.inference.aoi import bbox_aoi, file_aois
+
+        area = bbox_aoi(bbox) if bbox is not None else unary_union(file_aois(aoi))
     if images is not None:
         model, enc, rows, spec = _vlm_images(vlm, images, image_bands, scale, cache_dir)
         vectors, ids, labels = rows.vectors, rows.ids, rows.labels
         lon = lat = [None] * len(ids)
     else:
         assert index is not None
-        model, enc, spec, vectors, frame = _index_rows(vlm, index, cache_dir)
+        model, enc, spec, vectors, frame = _index_rows(vlm, index, cache_dir, area)
         ids = [str(v) for v in frame["id"]]
         labels = list(frame["label"]) if "label" in frame else [None] * len(ids)
         lon, lat = list(frame["lon"]), list(frame["lat"])
@@ -343,12 +368,44 @@ def retrieve(
         w.writerow([r, ids[i], label, "" if lon[i] is None else f"{lon[i]:.6f}",
                     "" if lat[i] is None else f"{lat[i]:.6f}", f"{scores[i]:.5f}"])
     console.print(table)
-    if out is not None:
+    if out is not None and geo_out:
+        _write_ranking(out, frame, best, scores, text, vlm, index)
+        console.print(f"[green]✓[/] {out}")
+    elif out is not None:
         write_text_atomic(out, buf.getvalue())
         console.print(f"[green]✓[/] {out}")
 
 
-def _index_rows(vlm_path: Path, index: Path, cache_dir: Path | None
+def _write_ranking(out: Path, frame: Any, best: Any, scores: Any, text: str, vlm: Path,
+                   index: Path | None) -> None:
+    """The best index rows as GeoParquet, like a `search` result (rank, distance first)."""
+    import json
+
+    import geopandas as gpd
+    import numpy as np
+
+    from terrastill.atomic import atomic_path
+
+    sel = frame.iloc[np.asarray(best)].reset_index(drop=True).drop(
+        columns=[c for c in ("code", "rerank") if c in frame.columns])
+    score = np.asarray(scores)[np.asarray(best)].astype(np.float64)
+    sel.insert(0, "rank", np.arange(1, len(sel) + 1, dtype=np.int32))
+    sel.insert(1, "distance", 1.0 - score)
+    sel.insert(2, "score", score)
+    gdf = gpd.GeoDataFrame(sel, geometry="geometry", crs="EPSG:4326")
+    meta = {"query": {"text": text}, "vlm": str(vlm), "index": str(index),
+            "distance": "1 - cosine similarity in the aligned space"}
+    with atomic_path(out, suffix=".parquet") as tmp:
+        gdf.to_parquet(tmp, compression="zstd")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(tmp)
+        md = dict(table.schema.metadata or {})
+        md[b"terrastill"] = json.dumps(meta).encode()
+        pq.write_table(table.replace_schema_metadata(md), tmp, compression="zstd")
+
+
+def _index_rows(vlm_path: Path, index: Path, cache_dir: Path | None, area: Any = None
                 ) -> tuple[Any, Any, Any, Any, Any]:
     """The VLM, its text encoder and captions, and an index's decoded re-rank vectors."""
     from terrastill.embeddings.captions import CaptionSpec
@@ -367,7 +424,9 @@ def _index_rows(vlm_path: Path, index: Path, cache_dir: Path | None
     if idx.dim != vlm.encoder.dim:
         raise SpecMismatchError(f"{index}: {idx.dim}-d embeddings, the VLM's student gives "
                                 f"{vlm.encoder.dim}")
-    rows = idx.rows()
+    rows = idx.rows(area=area)
+    if not len(rows):
+        raise BadInputError(f"{index}: no row meets the search area")
     vectors = idx.decode_rerank(rows.rerank)
     if vectors is None:
         raise BadInputError(f"{index}: the index keeps no re-rank vectors; rebuild it with "
