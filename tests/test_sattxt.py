@@ -340,6 +340,7 @@ def test_align_zeroshot_retrieve_end_to_end(work, tmp_path):
     res = _cli("retrieve", tmp_path / "vlm", "--text", "forest", "--images", work["images"],
                "--bbox", *box, *cache)
     assert res.exit_code == 2 and "--index" in res.output
+    _search_by_text_in_the_service(tmp_path, got[0][1], work["cache"])
     res = _cli("retrieve", tmp_path / "vlm", "--text", "forest", "--index",
                tmp_path / "idx-emb-t", *cache)
     assert res.exit_code == 2 and "student" in res.output
@@ -394,3 +395,94 @@ def test_eval_sattxt_smoke(tmp_path, real_data):
             lo, hi = r[metric]["ci95"]
             assert lo <= r[metric]["value"] <= hi
     assert (tmp_path / "table.md").read_text().count("|") > 10
+
+
+def _search_by_text_in_the_service(tmp_path: Path, best_id: str, cache: Path) -> None:
+    """serve --indexes … --vlm …: the index says it takes text, and POST /api/search with a
+    text query ranks like `retrieve --index` (same best row)."""
+    import os
+
+    from app_support import local_client
+    from terrastill.app.main import create_app
+    from terrastill.app.settings import Settings
+
+    (tmp_path / "models").mkdir(exist_ok=True)
+    os.environ["TERRASTILL_CACHE"] = str(cache)  # the server's text encoder: cached captions
+    try:
+        settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "serve",
+                            indexes_dir=tmp_path / "idx-emb", vlm_files=[tmp_path / "vlm"])
+        with local_client(create_app(settings)) as c:
+            (info,) = c.get("/api/indexes").json()
+            assert info["name"] == "idx-emb" and info["text"] is True
+            body = {"index": "idx-emb", "text": "dense tree canopy covering the land",
+                    "aois": [info["bbox"]], "k": 5}
+            r = c.post("/api/search", json=body)
+            assert r.status_code == 201, r.text
+            feats = r.json()["results"]["features"]
+            assert len(feats) == 5 and feats[0]["properties"]["id"] == best_id
+            both = c.post("/api/search", json={**body, "near": [info["bbox"][:2]]})
+            assert both.status_code == 422
+        plain = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "serve2",
+                         indexes_dir=tmp_path / "idx-emb")
+        with local_client(create_app(plain)) as c:
+            assert c.get("/api/indexes").json()[0]["text"] is False
+            r = c.post("/api/search", json=body)
+            assert r.status_code == 422 and "by text" in r.text, r.text
+    finally:
+        os.environ.pop("TERRASTILL_CACHE", None)
+
+
+def test_search_panel_takes_text_for_an_aligned_index(work, tmp_path, monkeypatch):
+    """The map's Search panel shows a text box for an index of a served VLM's student, and a
+    text query draws the same best row as `retrieve --index` (real Chromium)."""
+    from test_browser import BROWSER_MARKS, CHROMIUM
+
+    for mark in BROWSER_MARKS:  # the browser tests' own skips (Chromium, built web map)
+        if mark.name == "skipif" and mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
+    from playwright.sync_api import sync_playwright
+
+    from app_support import running_server
+    from terrastill.app.main import create_app
+    from terrastill.app.settings import Settings
+    from test_browser import ARGS
+
+    cache = ["--cache-dir", work["cache"]]
+    monkeypatch.setenv("TERRASTILL_CACHE", str(work["cache"]))
+    assert _cli("align", work["student"], work["images"], "--out", tmp_path / "vlm",
+                "--epochs", "100", "--split", "all", *cache).exit_code == 0
+    assert _cli("embed", work["student"], "--images", work["images"], "--scale", "0.0001",
+                "--out", tmp_path / "emb").exit_code == 0
+    assert _cli("index", tmp_path / "emb", "--out", tmp_path / "indexes" / "rgb").exit_code == 0
+    query = "dense tree canopy covering the land"
+    assert _cli("retrieve", tmp_path / "vlm", "--text", query, "--index",
+                tmp_path / "indexes" / "rgb", "--top", "1", "--out", tmp_path / "r.csv",
+                *cache).exit_code == 0
+    best = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
+    (tmp_path / "models").mkdir()
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "serve",
+                        indexes_dir=tmp_path / "indexes", vlm_files=[tmp_path / "vlm"])
+    errors: list[str] = []
+    with running_server(create_app(settings)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+            page.on("console", lambda m: errors.append(f"console: {m.text}")
+                    if m.type == "error" else None)
+            page.goto(f"{url}/#11/{float(best[4])}/{float(best[3])}")
+            page.wait_for_function("() => window.terrastill && window.terrastill.map.loaded()")
+            page.wait_for_selector("#search-text-form:not([hidden])")
+            page.fill("#search-k", "3")
+            page.fill("#search-text", query)
+            page.click("#search-text-go")
+            page.wait_for_function(
+                "() => window.terrastill.search.result && "
+                "window.terrastill.search.result.results.features.length === 3")
+            first = page.evaluate(
+                "window.terrastill.search.result.results.features[0].properties")
+            assert first["id"] == best[1]
+            assert page.locator("#search-results li").count() == 3
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -17,12 +17,12 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shapely.ops import unary_union
 
 from terrastill.app.auth import token_dependency
@@ -46,8 +46,12 @@ class SearchBody(BaseModel):
         {"index": "demo", "near": [[11.97, 45.30]], "aois": [[11.9, 45.25, 12.1, 45.36]],
          "k": 50}]})
     index: str = Field(pattern=INDEX_NAME, description="A name from GET /api/indexes.")
-    near: list[Point] = Field(min_length=1, max_length=MAX_EXEMPLARS,
-                              description="Positive exemplars [lon, lat].")
+    near: list[Point] = Field([], max_length=MAX_EXEMPLARS,
+                              description="Positive exemplars [lon, lat] (or give text).")
+    text: str | None = Field(None, min_length=1, max_length=200,
+                             description="A text query instead of exemplars, for an index of "
+                                         "a text-aligned model's embeddings (`text` in "
+                                         "GET /api/indexes).")
     negatives: list[Point] = Field([], max_length=MAX_EXEMPLARS,
                                    description="Negative exemplars [lon, lat].")
     aois: list[BBox] | PolygonGeometry | MultiPolygonGeometry = Field(
@@ -56,6 +60,14 @@ class SearchBody(BaseModel):
     combine: Literal["mean", "and", "or"] = "mean"
     invert: bool = False
     rerank: bool = False
+
+    @model_validator(mode="after")
+    def _one_query(self) -> Self:
+        if (self.text is None) == (not self.near):
+            raise ValueError("give exemplars (near) or a text query (text), not both")
+        if self.text is not None and (self.negatives or self.invert or self.combine != "mean"):
+            raise ValueError("a text query takes no negatives, invert or combine")
+        return self
 
 
 class IndexInfo(BaseModel):
@@ -68,6 +80,8 @@ class IndexInfo(BaseModel):
     dim: int
     model: str | None
     rerank: bool
+    text: bool = Field(False, description="Searchable by text (a served VLM's student made "
+                                          "these embeddings).")
 
 
 @dataclass
@@ -164,6 +178,7 @@ def build_search_router(settings: Settings) -> APIRouter:
     """The /api/indexes and /api/search routes, behind the same token as the job routes."""
     from terrastill.embeddings.index import open_index
     from terrastill.embeddings.search import Query, result_table, run_search
+    from terrastill.embeddings.text_search import text_search, vlm_fits_index
 
     require_token = token_dependency(settings)
 
@@ -185,6 +200,27 @@ def build_search_router(settings: Settings) -> APIRouter:
                                 f"newest {MAX_SEARCHES})")
         return s
 
+    vlms: list[Any] | None = None
+    encoders: dict[str, Any] = {}
+
+    def text_model(idx: Any) -> Any:
+        """The first served VLM whose student made this index's embeddings (or None)."""
+        nonlocal vlms
+        if vlms is None:  # loaded once, on first use
+            from terrastill.embeddings.vlm import load_vlm
+
+            vlms = [load_vlm(p) for p in settings.vlm_files]
+        return next((v for v in vlms if vlm_fits_index(v, idx)), None)
+
+    def text_encoder(vlm: Any) -> Any:
+        from terrastill.embeddings.text import open_text_encoder
+
+        name = vlm.text["encoder"]
+        with lock:
+            if name not in encoders:
+                encoders[name] = open_text_encoder(name)
+            return encoders[name]
+
     @router.get("/indexes", response_model=list[IndexInfo], summary="Search indexes offered")
     def list_indexes() -> list[dict[str, Any]]:
         out = []
@@ -197,17 +233,26 @@ def build_search_router(settings: Settings) -> APIRouter:
             out.append({"name": name, "rows": int(m["rows"]), "shards": len(idx.shards),
                         "bbox": m.get("bbox"), "method": idx.method,
                         "distance": m["code"]["distance"], "dim": idx.dim,
-                        "model": idx.model.get("name"), "rerank": m.get("rerank") is not None})
+                        "model": idx.model.get("name"), "rerank": m.get("rerank") is not None,
+                        "text": m.get("rerank") is not None and text_model(idx) is not None})
         return out
 
     @router.post("/search", status_code=201, summary="Search an index by example")
     def search(request: Request, body: SearchBody) -> dict[str, Any]:
         area = unary_union(parse_aois(body.aois, settings))
         idx = get_index(body.index)
-        res = run_search(idx, Query(near=[(p[0], p[1]) for p in body.near],
-                                    negatives=[(p[0], p[1]) for p in body.negatives],
-                                    area=area, k=body.k, combine=body.combine,
-                                    invert=body.invert, rerank=body.rerank), keep_all=True)
+        if body.text is not None:
+            vlm = text_model(idx)
+            if vlm is None:
+                raise BadInputError(f"index {body.index!r} cannot be searched by text: no "
+                                    "served text-aligned model made its embeddings")
+            res = text_search(idx, vlm, body.text, area, body.k, encoder=text_encoder(vlm))
+        else:
+            res = run_search(idx, Query(near=[(p[0], p[1]) for p in body.near],
+                                        negatives=[(p[0], p[1]) for p in body.negatives],
+                                        area=area, k=body.k, combine=body.combine,
+                                        invert=body.invert, rerank=body.rerank),
+                             keep_all=True)
         import shapely
 
         pool = res.pool

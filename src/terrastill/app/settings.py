@@ -43,6 +43,10 @@ class Settings(BaseModel):
     indexes_dir: Path | None = Field(
         None, description="Search indexes (a folder holding index folders, or one index); "
                           "None: no search routes.")
+    vlm_files: list[Path] = Field(
+        default_factory=list,
+        description="Text-aligned models (`terrastill align`): an index of a VLM student's "
+                    "embeddings can then be searched by text.")
     changes_dir: Path | None = Field(
         None, description="Change products (a folder of `terrastill change` outputs, or one); "
                           "None: no change routes.")

@@ -409,21 +409,15 @@ def _index_rows(vlm_path: Path, index: Path, cache_dir: Path | None, area: Any =
                 ) -> tuple[Any, Any, Any, Any, Any]:
     """The VLM, its text encoder and captions, and an index's decoded re-rank vectors."""
     from terrastill.embeddings.captions import CaptionSpec
-    from terrastill.embeddings.index import open_index, same_model
+    from terrastill.embeddings.index import open_index
     from terrastill.embeddings.text import open_text_encoder
+    from terrastill.embeddings.text_search import check_vlm_index
     from terrastill.embeddings.vlm import load_vlm
-    from terrastill.errors import BadInputError, SpecMismatchError
+    from terrastill.errors import BadInputError
 
     vlm = load_vlm(vlm_path)
     idx = open_index(index)
-    want = {"name": vlm.student_model.get("name"), "sha256": vlm.student_model.get("sha256")}
-    if not same_model(idx.model, want):
-        raise SpecMismatchError(f"{index}: indexed embeddings of model {idx.model.get('name')!r}"
-                                f", but the VLM's student is {want['name']!r}; index "
-                                "embeddings made with the student (`terrastill embed STUDENT`)")
-    if idx.dim != vlm.encoder.dim:
-        raise SpecMismatchError(f"{index}: {idx.dim}-d embeddings, the VLM's student gives "
-                                f"{vlm.encoder.dim}")
+    check_vlm_index(vlm, idx, index)
     rows = idx.rows(area=area)
     if not len(rows):
         raise BadInputError(f"{index}: no row meets the search area")

@@ -64,6 +64,10 @@ def serve(
     indexes: Path | None = typer.Option(
         None, "--indexes", file_okay=False,
         help="Folder of search indexes (terrastill index) to offer for search by example."),
+    vlm: list[Path] = typer.Option(
+        [], "--vlm",
+        help="A text-aligned model (terrastill align; repeatable): indexes of its student's "
+             "embeddings become searchable by text in the map's Search panel."),
     changes: Path | None = typer.Option(
         None, "--changes", file_okay=False,
         help="Folder of change products (terrastill change) for the map's Change mode."),
@@ -88,6 +92,13 @@ def serve(
         raise BadInputError(f"--indexes {indexes}: no such folder")
     if changes is not None and not changes.is_dir():
         raise BadInputError(f"--changes {changes}: no such folder")
+    if vlm:
+        if indexes is None:
+            raise BadInputError("--vlm searches indexes by text: give --indexes too")
+        from terrastill.embeddings.vlm import load_vlm
+
+        for path in vlm:
+            load_vlm(path)  # a wrong file fails now, in one line, not at the first search
     if token is not None and not token.strip():
         raise BadInputError("--token is blank (or TERRASTILL_TOKEN is set but empty): give a "
                             "real token, or none for a local server")
@@ -116,6 +127,7 @@ def serve(
             basemap=basemap,
             indexes_dir=indexes,
             changes_dir=changes,
+            vlm_files=list(vlm),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -61,6 +61,10 @@
     <p class="hint muted">Click a patch to look for places like it; shift-click one that is
       <em>not</em> wanted. The search covers the map view (within the index).</p>
     <ul id="search-exemplars" class="plain small"></ul>
+    <form id="search-text-form" class="row" hidden>
+      <input id="search-text" type="search" maxlength="200" placeholder="or describe it: a river crossing farmland">
+      <button id="search-text-go" type="submit">Search text</button>
+    </form>
     <div class="grid3">
       <div><label for="search-k">k</label>
         <input id="search-k" type="number" min="1" max="1000" step="1" value="50"></div>
@@ -175,7 +179,8 @@
 
   async function run() {
     const seq = ++search.seq;
-    if (!search.index || !search.positives.length) {
+    const text = search.index && search.index.text ? $("search-text").value.trim() : "";
+    if (!search.index || (!search.positives.length && !text)) {
       search.result = null;
       renderResult();
       return;
@@ -185,11 +190,12 @@
       setError("The map view does not overlap the index: pan to it (its outline is the index bbox).");
       return;
     }
-    const body = {
+    // exemplars win over text; a text query ranks by the aligned model (no combine/invert)
+    const body = search.positives.length ? {
       index: search.index.name, near: search.positives, negatives: search.negatives,
       aois: [box], k: Number($("search-k").value) || 50, combine: $("search-combine").value,
       invert: $("search-invert").checked, rerank: $("search-rerank").checked,
-    };
+    } : { index: search.index.name, text, aois: [box], k: Number($("search-k").value) || 50 };
     $("search-summary").textContent = "Searching…";
     try {
       const r = await call("api/search", body);
@@ -262,6 +268,7 @@
     describeIndex();
     run();
   });
+  $("search-text-form").addEventListener("submit", (ev) => { ev.preventDefault(); run(); });
 
   function describeIndex() {
     const i = search.index;
@@ -269,6 +276,8 @@
       ? `${i.rows.toLocaleString()} patches in ${i.shards} shards · ${i.method} codes of ${i.dim} dims`
         + `${i.rerank ? " + int8 re-rank" : ""} · model ${i.model || "?"}`
       : "No index.";
+    // the text box only where a served text-aligned model made the index's embeddings
+    $("search-text-form").hidden = !(i && i.text);
   }
 
   async function loadIndexes() {
