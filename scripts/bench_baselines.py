@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shutil
 import sys
 import time
@@ -219,14 +218,9 @@ def test_scores(made: dict[str, dict[str, Any]], chips: Path) -> None:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from terrastill.bench.hardware import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 

@@ -296,14 +296,9 @@ def machine() -> str:
     """CPU model, visible CPUs and NumPy's SIMD extensions (e.g. AVX512_ICL)."""
     import os
 
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from terrastill.bench.hardware import cpu_model
+
+    name = cpu_model()
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats
 

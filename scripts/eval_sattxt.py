@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -361,14 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def machine(threads: int) -> str:
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from terrastill.bench.hardware import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores visible, torch threads {threads}"
 
 
