@@ -33,6 +33,10 @@ def test_demo_runs_every_stage_and_resumes(quick_demo):
     assert sorted(p.name for p in (out / "serve-models").glob("*.pt")) == [
         "flood-student.pt", "flood-teacher.pt"]
     assert "prediction COG" in res.output
+    secs = summary["seconds"]  # wall-clock per stage, the README's demo timing
+    assert set(secs) == {"world", "chips", "teacher", "student", "prediction", "total"}
+    assert secs["total"] >= secs["teacher"] + secs["prediction"] > 0
+    assert "seconds per stage" in res.output
     assert "of the world got a prediction" in res.output
     assert 0.5 < summary["prediction"]["valid_share"] <= 1
     assert summary["rejected"]["rows"] == summary["chips"]["rejected_rows"]

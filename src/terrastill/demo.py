@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ def run_demo(out: Path, opts: DemoOptions,
 
     out = Path(out)
     summary: dict[str, Any] = {"task": opts.task}
+    clock = _StageClock()
 
     # 1. world
     world_dir = out / "world"
@@ -72,6 +74,7 @@ def run_demo(out: Path, opts: DemoOptions,
         build_world(world_dir, WorldConfig(seed=opts.seed, observations=opts.observations,
                                            **opts.world))
     world = load_manifest(world_dir)
+    clock.lap("world")
     task = world["tasks"][opts.task]
     summary["world"] = str(world_dir / "world.json")
 
@@ -94,6 +97,7 @@ def run_demo(out: Path, opts: DemoOptions,
         top = "; ".join(f"{n} × {r}" for r, n in summary["rejected"]["reasons"][:3])
         say(f"      {summary['rejected']['rows']} observation row(s) not used ({top}) — "
             f"see {chips_dir / 'rejected.csv'}")
+    clock.lap("chips")
 
     # 3. teacher
     from terrastill.training.train import TrainOptions, evaluate, fit
@@ -111,6 +115,7 @@ def run_demo(out: Path, opts: DemoOptions,
     summary["teacher"] = {"path": str(teacher), "test": evaluate(teacher, chips_dir, "test"),
                           "precision": read_card(teacher).precision,
                           "test_truth": dense_truth(teacher, chips_dir, world_dir)}
+    clock.lap("teacher")
 
     # 4. student
     student = out / "models" / "student" / "model.pt"
@@ -134,6 +139,7 @@ def run_demo(out: Path, opts: DemoOptions,
         summary["student"] = {"path": str(student), "test": evaluate(student, chips_dir, "test"),
                               "precision": read_card(student).precision,
                               "test_truth": dense_truth(student, chips_dir, world_dir)}
+        clock.lap("student")
 
     # the service lists model files at the top of one folder
     served = out / "serve-models"
@@ -181,8 +187,26 @@ def run_demo(out: Path, opts: DemoOptions,
                              "truecolor": [str(p) for p in result.truecolor],
                              "sidecar": str(result.sidecar), "timings": result.timings,
                              "vs_truth": truth_scores}
+    clock.lap("prediction")
+    summary["seconds"] = clock.seconds()
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+class _StageClock:
+    """Wall-clock seconds per demo stage (a resumed stage counts the time it took to reuse)."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self._laps: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._laps[stage] = round(now - self._last, 1)
+        self._last = now
+
+    def seconds(self) -> dict[str, float]:
+        return {**self._laps, "total": round(time.perf_counter() - self._start, 1)}
 
 
 def dense_truth(model: Path, chips_dir: Path, world_dir: Path) -> dict[str, Any]:

@@ -60,6 +60,9 @@ def demo(
                       f"accuracy {s['accuracy']:.3f} over {s['pixels']:,} px")
     for p in summary["prediction"]["classes"]:
         console.print(f"[green]prediction COG:[/] {p}")
+    secs = summary.get("seconds") or {}
+    if secs:
+        console.print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
     console.print(f"summary: {out / 'summary.json'}")
     if serve:
         from terrastill.commands.serve import serve as serve_cmd
