@@ -267,6 +267,35 @@ def test_distill_auto_search_report(teacher, tmp_path):
     assert res2.search[0]["train_seconds"] == res.search[0]["train_seconds"]
 
 
+def test_distill_auto_final_run_continues_the_chosen_candidate(teacher, tmp_path):
+    import torch
+
+    from terrastill.models.modelfile import load_model_file
+
+    chips, tpath = teacher
+    opts = DistillOptions(layers="auto", tolerance=100.0, epochs=3, search_epochs=1,
+                          batch_size=4, progress=False, bench_seconds=0.0)
+    out = tmp_path / "auto"
+    res = distill(tpath, chips, out, opts)
+    weights = out / "search" / "depth-1" / "weights.pt"
+    assert res.depth == 1 and weights.is_file()
+    warm = res.summary["distillation"]["warm_start"]
+    assert warm == {"from": "search/depth-1", "search_epochs": 1, "epochs_after": 2}
+    assert len(res.summary["history"]) == 2  # epochs counts the candidate's search epoch
+    # with lr 0 the final student is exactly what it started from: the candidate's weights
+    # (marked here so that they cannot be mistaken for a fresh student's), or a fresh student
+    state = torch.load(weights, weights_only=True)
+    marked = {k: (v + 0.5 if v.is_floating_point() else v) for k, v in state.items()}
+    torch.save(marked, weights)
+    for warm_start in (True, False):
+        (out / "model.pt").unlink()
+        distill(tpath, chips, out, dataclasses_replace(opts, lr=0.0, warm_start=warm_start))
+        # parameters only: batch-norm statistics move in training mode even at lr 0
+        final = dict(load_model_file(out / "model.pt").model.named_parameters())
+        same = all(torch.equal(p, marked[k]) for k, p in final.items())
+        assert same is warm_start
+
+
 def dataclasses_replace(obj, **kw):
     import dataclasses
 

@@ -86,7 +86,13 @@ def distill(
         help="auto: choose the depth on this dense reference over the val chips (rasters on "
              "the chips' grid, one per UTM zone, or a demo world) instead of the val labels, "
              "which may be too few to resolve the tolerance."),
-    epochs: int = typer.Option(15, "--epochs", min=1, help="Epochs of the final student."),
+    epochs: int = typer.Option(
+        15, "--epochs", min=1,
+        help="Epochs of the final student (auto: counting the chosen candidate's search "
+             "epochs, which it continues from; see --no-warm-start)."),
+    no_warm_start: bool = typer.Option(
+        False, "--no-warm-start", help="auto: train the final student afresh for --epochs "
+                                       "instead of continuing the chosen candidate."),
     search_epochs: int = typer.Option(5, "--search-epochs", min=1,
                                       help="auto: epochs per candidate depth."),
     search_all: bool = typer.Option(
@@ -145,7 +151,7 @@ def distill(
         loss=loss, seed=seed, patience=patience, device=device, precision=precision,
         num_workers=num_workers, augment=not no_augment, progress=sys.stderr.isatty(),
         bench_seconds=bench_seconds, name=name, command=_command_line(), student=student,
-        reference=[str(r) for r in reference] or None)
+        reference=[str(r) for r in reference] or None, warm_start=not no_warm_start)
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
         if kind == "teacher":

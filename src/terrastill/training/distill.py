@@ -293,6 +293,9 @@ class DistillOptions:
     bench_seconds: float = 1.0  # img/s measurement per depth (0: skip)
     bench_batch_size: int = 8
     keep_search_checkpoints: bool = False
+    # auto: the chosen depth's final run continues from its search candidate's weights for
+    # the remaining epochs - search_epochs (False: a fresh run of `epochs`)
+    warm_start: bool = True
     # auto: a dense reference (rasters or a demo world) to choose the depth on, scored over
     # the val chips, when sparse labels cannot resolve the tolerance
     reference: Sequence[str] | None = None
@@ -425,9 +428,10 @@ def architecture_student(ctx: _Context, choice: str) -> nn.Module:
 
 
 def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
-                  epochs: int) -> tuple[nn.Module, dict[str, Any]]:
+                  epochs: int, init: Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Distil the teacher into a ``depth``-block student for ``epochs``; returns the best
-    student (CPU, eval) and a summary (history, best epoch, seconds, results per split)."""
+    student (CPU, eval) and a summary (history, best epoch, seconds, results per split).
+    ``init``: a state dict of this student (a search candidate's) to continue from."""
     import lightning as L
 
     from terrastill.training.runner import run_training
@@ -452,6 +456,8 @@ def train_student(ctx: _Context, depth: int, out_dir: Path, opt: DistillOptions,
         feature_weight=opt.feature_weight, loss=opt.loss, lr=opt.lr,
         weight_decay=opt.weight_decay, use_coords=ctx.use_coords)
     module.model.load_state_dict(student.state_dict())
+    if init is not None:
+        module.model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     module.teacher.load_state_dict(ctx.teacher.state_dict())
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -656,6 +662,10 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                     model.cpu()
                 else:
                     res = _evaluate(ctx, model, ("val",))
+                if opt.warm_start:  # the chosen candidate's final run continues from here
+                    tmp = cdir / "weights.pt.tmp"
+                    torch.save(model.state_dict(), tmp)
+                    os.replace(tmp, cdir / "weights.pt")
                 interval = (res.get("val") or {}).get("intervals", {}).get(metric_name)
                 row = {"depth": d, "role": "candidate", **_stats(model),
                        "img_s": _throughput(model, opt, ctx.device),
@@ -686,7 +696,16 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
     else:
         depth = fixed
 
-    model, summ = train_student(ctx, depth, out, opt, opt.epochs)
+    # the chosen candidate already has search_epochs of distillation: continue from its best
+    # weights for the rest of the budget instead of starting again
+    init = out / "search" / f"depth-{depth}" / "weights.pt"
+    warm = (search_rows is not None and opt.warm_start and init.is_file()
+            and opt.epochs > opt.search_epochs)
+    final_epochs = opt.epochs - opt.search_epochs if warm else opt.epochs
+    model, summ = train_student(ctx, depth, out, opt, final_epochs, init if warm else None)
+    summ["warm_start"] = ({"from": str(init.parent.relative_to(out)),
+                           "search_epochs": opt.search_epochs, "epochs_after": final_epochs}
+                          if warm else None)
     results = _evaluate(ctx, model)
     student_stats = _stats(model)
     student_row = {"depth": depth, "role": "student", **student_stats,
@@ -709,7 +728,7 @@ def distill(teacher_path: str | os.PathLike[str], chips_dir: str | os.PathLike[s
                 "temperature": opt.temperature, "tolerance": opt.tolerance,
                 "feature_pairs": summ["feature_pairs"], "feature_loss": opt.feature_loss,
                 "feature_weight": opt.feature_weight, "head": opt.head or None,
-                "search_evidence": evidence,
+                "search_evidence": evidence, "warm_start": summ["warm_start"],
                 "loss": opt.loss or ("mse" if ctx.task == "regression" else "ce")}
     teacher_info = {"path": str(ctx.teacher_path), "name": ctx.card.name, "depth": depth_t,
                     "params": teacher_row["params"], "macs": teacher_row["macs"],
