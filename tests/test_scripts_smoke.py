@@ -41,7 +41,8 @@ def test_bench_distill_smoke(small_world, tmp_path):
     mod = load("bench_distill")
     out = tmp_path / "out"
     assert mod.main(["--smoke", "--world", str(small_world["root"]), "--work",
-                     str(tmp_path / "work"), "--out", str(out)]) == 0
+                     str(tmp_path / "work"), "--out", str(out),
+                     "--reference", f"flood={small_world['root']}"]) == 0
     res = json.loads((out / "results.json").read_text())
     (task,) = res["tasks"]
     assert task["task"] == "flood"
@@ -50,6 +51,11 @@ def test_bench_distill_smoke(small_world, tmp_path):
     assert teacher["depth"] == 2 and auto["depth"] == 1
     assert task["ratios"]["macs"] > 1 and auto["cpu_img_s"] > 0
     assert "auto student vs teacher" in (out / "table.md").read_text()
+    # the world's truth judged the depth search and scores every model on the test chips
+    cands = [r for r in task["search"] if r["role"] == "candidate"]
+    assert cands and all(r["evidence"].startswith("dense reference") for r in cands), cands
+    assert all(0 <= r["ref_miou"] <= 1 and r["ref_pixels"] > 0 for r in task["rows"])
+    assert "dense_reference_within_1pp" in task["ratios"]["targets_met"]
 
 
 @pytest.mark.pgstac
