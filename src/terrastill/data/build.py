@@ -22,7 +22,6 @@ from terrastill.atomic import atomic_path, remove_stale_temps, write_text_atomic
 from terrastill.catalog import open_catalog
 from terrastill.data.chips import ReadOptions, read_chip
 from terrastill.data.grid import GridSpec, to_crs
-from terrastill.data.indices import index_stats, resolve_indices
 from terrastill.data.labels import burn_labels, label_counts
 from terrastill.data.observations import (
     REJECT_COLUMNS,
@@ -249,7 +248,10 @@ def make_chips(
     """
     out = Path(out)
     job.validate()
-    resolve_indices(indices, job.read.resolved_bands(), job.read.source)
+    if indices:  # terrastill.data.indices imports torch: only when indices are asked for
+        from terrastill.data.indices import resolve_indices
+
+        resolve_indices(indices, job.read.resolved_bands(), job.read.source)
     obs_opts = obs_opts or ObservationOptions()
     if Path(observations).suffix.lower() in (".tif", ".tiff"):
         obs, tasks, group_rejects = _label_raster_plan(Path(observations), job, obs_opts)
@@ -527,6 +529,12 @@ def dataset_json(out: Path, index: gpd.GeoDataFrame, rejects: pd.DataFrame,
 def add_index_stats(out: Path, dataset: dict, index: gpd.GeoDataFrame,
                     indices: Sequence[str]) -> None:
     """Record ``indices`` (resolved against the bands) and their train-split mean/std."""
+    if not indices:  # without indices, no torch import (terrastill.data.indices needs it)
+        dataset.pop("indices", None)
+        dataset.pop("index_stats", None)
+        return
+    from terrastill.data.indices import index_stats, resolve_indices
+
     specs = resolve_indices(indices, dataset["bands"], dataset.get("source"))
     if not specs:
         dataset.pop("indices", None)

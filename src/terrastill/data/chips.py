@@ -112,6 +112,19 @@ def items_over(items: Sequence[dict], grid: GridSpec) -> list[dict]:
     return [it for it in items if it.get("geometry") and shape(it["geometry"]).intersects(foot)]
 
 
+def items_over_each(items: Sequence[dict], grids: Sequence[GridSpec]) -> list[list[dict]]:
+    """:func:`items_over` for many grids: each item's footprint is built (and prepared) once,
+    not once per grid. Lists keep the items' order."""
+    feet = np.array([shape(it["geometry"]) if it.get("geometry") else None for it in items],
+                    dtype=object)
+    shapely.prepare(feet)
+    out = []
+    for grid in grids:
+        hit = shapely.intersects(feet, box(*grid.lonlat_bounds()))
+        out.append([it for it, h in zip(items, hit, strict=True) if h])
+    return out
+
+
 class _SharedReads:
     """Each acquisition's QA masks and masked reflectance over one region, read once (the
     bands only where ``need`` says some window chose the acquisition).

@@ -12,7 +12,7 @@ import rasterio
 from shapely.geometry import box
 
 from terrastill.catalog import Catalog, Search, pick_collections
-from terrastill.data.chips import ReadOptions, items_over
+from terrastill.data.chips import ReadOptions, items_over_each
 from terrastill.data.grid import ChipGrid, GridSpec, to_crs, utm_epsg
 from terrastill.data.observations import Observations
 from terrastill.errors import BadInputError
@@ -70,9 +70,10 @@ def group_observations(obs: Observations, chip_size: int, resolution: float,
     Points that fall on one pixel on one date with different labels contradict each other:
     all of them are rejected as a conflict (whatever their order)."""
     groups: dict[tuple[int, int, int, str], list[int]] = defaultdict(list)
-    table = obs.table.reset_index(drop=True)
+    # plain rows, not pandas indexing per chip (that cost more than the rest of the planning)
+    recs = list(obs.table.reset_index(drop=True).itertuples(index=False))
     pixel_of: dict[int, tuple[int, int]] = {}
-    for i, rec in enumerate(table.itertuples(index=False)):
+    for i, rec in enumerate(recs):
         epsg = utm_epsg(rec.lon, rec.lat)
         cg = ChipGrid(epsg, chip_size, resolution)
         geom_utm = to_crs(rec.geometry, 4326, epsg)
@@ -99,11 +100,11 @@ def group_observations(obs: Observations, chip_size: int, resolution: float,
                 by_pixel[pixel_of[i]].append(i)
         clash = set()
         for pix, members in by_pixel.items():
-            labels = {table.label_name[i] for i in members}
+            labels = {recs[i].label_name for i in members}
             if len(labels) > 1:
-                rows = sorted(int(table.source_row[i]) for i in members)
+                rows = sorted(int(recs[i].source_row) for i in members)
                 for i in members:
-                    reject(table.iloc[i], cid,
+                    reject(recs[i], cid,
                            f"conflict: rows {', '.join(map(str, rows))} give pixel "
                            f"(row {pix[0]}, col {pix[1]}) of chip {cid} on {day} different "
                            f"labels ({', '.join(sorted(labels))})")
@@ -111,15 +112,15 @@ def group_observations(obs: Observations, chip_size: int, resolution: float,
         idx = [i for i in idx if i not in clash]
         if not idx:
             continue
-        sub = table.iloc[idx]
+        sub = [recs[i] for i in idx]
         if len(idx) < min_count:
-            for rec in sub.itertuples(index=False):
+            for rec in sub:
                 reject(rec, cid, f"only {len(idx)} observation(s) in chip {cid} "
                                  f"(--min-count {min_count})")
             continue
         grid = ChipGrid(epsg, chip_size, resolution).spec(col, row)
-        tasks.append(ChipTask(cid, grid, date, [int(r) for r in sub.source_row],
-                              [g.wkt for g in sub.geometry], [int(v) for v in sub.label]))
+        tasks.append(ChipTask(cid, grid, date, [int(r.source_row) for r in sub],
+                              [r.geometry.wkt for r in sub], [int(r.label) for r in sub]))
     return tasks, rejected
 
 
@@ -147,27 +148,70 @@ def raster_tasks(path: str | Path, day: dt.date, chip_size: int,
 
 def attach_items(tasks: list[ChipTask], catalog: Catalog, collections: tuple[str, ...],
                  opts: ReadOptions, max_scene_cloud: float | None = None) -> None:
-    """Search the catalogue once per observation date (union of that date's chips) and give
-    each task the items intersecting it. A task that no item's footprint covers on any date
-    gets that as its ``reason`` (rather than a date search that finds nothing)."""
+    """Give each task the catalogue items intersecting it within its date's search window.
+    A task that no item's footprint covers on any date gets that as its ``reason`` (rather
+    than a date search that finds nothing).
+
+    Observation dates whose search windows overlap and whose chips' bounding boxes intersect
+    share one search (their union); each task then keeps the items dated within its own
+    window, by the test both catalogue backends apply to a search's results (a datetime,
+    inside the closed window), in the catalogue's order: exactly the items a search of its
+    own date would give, for fewer searches (one per campaign rather than one per day)."""
     by_date: dict[dt.date, list[ChipTask]] = defaultdict(list)
     for t in tasks:
         by_date[t.date].append(t)
-    for day, group in sorted(by_date.items()):
-        start, end = opts.temporal.search_window(day)
-        search = Search(collections, _union_bounds([t.grid.lonlat_bounds() for t in group]),
-                        dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
-                        dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC),
-                        max_scene_cloud)
-        items = [it.to_dict(transform_hrefs=False) for it in catalog.search(search)]
-        for t in group:
-            t.items = items_over(items, t.grid)
+    for days, bbox in _search_spans(by_date, opts):
+        start = _window(opts, days[0])[0]
+        end = max(_window(opts, d)[1] for d in days)
+        found = catalog.search(Search(collections, bbox, start, end, max_scene_cloud))
+        dicts = [it.to_dict(transform_hrefs=False) for it in found]
+        when = {id(d): it.datetime for d, it in zip(dicts, found, strict=True)}
+        group = [t for d in days for t in by_date[d]]
+        for t, over in zip(group, items_over_each(dicts, [t.grid for t in group]), strict=True):
+            lo, hi = _window(opts, t.date)
+            t.items = [d for d in over if _dated_within(when[id(d)], lo, hi)]
     uncovered = [t for t in tasks if not t.items and not t.label_raster]
     if uncovered:
         _explain_uncovered(uncovered, catalog, collections, opts)
 
 
-def _union_bounds(boxes: list[tuple[float, float, float, float]]) -> tuple[float, ...]:
+def _window(opts: ReadOptions, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The closed UTC datetime interval searched for chips observed on ``day``."""
+    start, end = opts.temporal.search_window(day)
+    return (dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC),
+            dt.datetime.combine(end, dt.time.max, tzinfo=dt.UTC))
+
+
+def _dated_within(when: dt.datetime | None, lo: dt.datetime, hi: dt.datetime) -> bool:
+    if when is None:
+        return False
+    return lo <= (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) <= hi
+
+
+def _search_spans(by_date: dict[dt.date, list[ChipTask]], opts: ReadOptions,
+                  ) -> list[tuple[list[dt.date], tuple[float, ...]]]:
+    """Consecutive dates whose windows overlap and whose chips' bounding boxes intersect,
+    with the union of their boxes: one search each."""
+    spans: list[tuple[list[dt.date], tuple[float, ...]]] = []
+    end: dt.datetime | None = None
+    for day in sorted(by_date):
+        bbox = _union_bounds([t.grid.lonlat_bounds() for t in by_date[day]])
+        lo, hi = _window(opts, day)
+        if spans and end is not None and lo <= end and _boxes_meet(spans[-1][1], bbox):
+            days, union = spans[-1]
+            spans[-1] = ([*days, day], _union_bounds([union, bbox]))
+            end = max(end, hi)
+        else:
+            spans.append(([day], bbox))
+            end = hi
+    return spans
+
+
+def _boxes_meet(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def _union_bounds(boxes: list[tuple[float, ...]]) -> tuple[float, ...]:
     return (min(b[0] for b in boxes), min(b[1] for b in boxes),
             max(b[2] for b in boxes), max(b[3] for b in boxes))
 
@@ -189,8 +233,8 @@ def _explain_uncovered(tasks: list[ChipTask], catalog: Catalog, collections: tup
                         dt.datetime.combine(day - span, dt.time.min, tzinfo=dt.UTC),
                         dt.datetime.combine(day + span, dt.time.max, tzinfo=dt.UTC))
         items = [it.to_dict(transform_hrefs=False) for it in catalog.search(search)]
-        for t in group:
-            if not items_over(items, t.grid):
+        for t, over in zip(group, items_over_each(items, [t.grid for t in group]), strict=True):
+            if not over:
                 t.reason = (f"outside the footprint of every {name} item within "
                             f"±{EXPLAIN_DAYS} days of {day} (chip {t.chip_id} at "
                             f"{_centre(t.grid)})")
