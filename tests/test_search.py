@@ -289,6 +289,56 @@ def test_int4_codes_use_cosine_on_decoded_values(table, tmp_path, code):
         run_search(idx, Query(near=[(11.955, 45.255)], k=5, combine="and"))
 
 
+def test_rot_binary_signs_of_rotated_unit_vectors(table, tmp_path):
+    from terrastill.embeddings.compress import haar_rotation
+    from terrastill.embeddings.table import read_table
+
+    out = tmp_path / "idx"
+    build_index([table], out, code="rot-binary", precision=4, seed=3)
+    idx = open_index(out)
+    m = idx.manifest
+    assert m["code"]["method"] == "rot:binary" and idx.hamming
+    assert m["code"]["distance"].startswith("hamming") and (out / "rotation.npy").is_file()
+    x = read_table(table).vectors.astype(np.float64)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    bits = (u - u.mean(0)) @ haar_rotation(x.shape[1], 3).T > idx.codec.params["threshold"]
+    rows = idx.rows()
+    order = {v: i for i, v in enumerate(read_table(table).frame["id"])}
+    ref = np.packbits(bits, axis=1)[[order[i] for i in rows.frame["id"]]]
+    assert (rows.codes == ref).all()
+    assert (idx.encode(3.0 * x[:5])[0] == np.packbits(bits[:5], axis=1)).all()  # no length
+    r = run_search(idx, Query(near=[(11.955, 45.255)], k=20, rerank=True))
+    assert r.rows.frame["id"].iloc[0] == "p5_5" and (r.rows.frame["label"] == "c0").all()
+    assert run_search(idx, Query(near=[(11.955, 45.255), (11.965, 45.255)], k=5,
+                                 combine="and")).candidates == 600
+    more = make_table(tmp_path / "b.parquet", seed=1, nx=3, ny=3, prefix="q")
+    build_index([more], out)  # an append encodes with the stored centre and rotation
+    idx2 = open_index(out)
+    new_rows = idx2.rows()
+    sel = new_rows.frame["id"].str.startswith("q").to_numpy()
+    assert (new_rows.codes[sel] == idx.encode(read_table(more).vectors[
+        [list(read_table(more).frame["id"]).index(i) for i in new_rows.frame["id"][sel]]])[0]
+    ).all()
+    with pytest.raises(Exception, match="stores rot:binary codes"):
+        build_index([table], out, code="int4")
+    np.save(out / "rotation.npy", np.eye(3))
+    with pytest.raises(Exception, match="rotation"):
+        open_index(out)
+
+
+def test_rerank_candidates_keep_rows_tied_at_the_cut():
+    from terrastill.embeddings.search import rerank_candidates
+
+    d = np.array([3, 1, 2, 2, 2, 2, 0, 5, 2, 4], float)
+    ids = np.array([f"r{i}" for i in range(10)])
+    # depth 3: the 3rd distance is 2, tied by rows 2, 3, 4, 5, 8: all are kept, by id
+    assert list(rerank_candidates(d, 3, ids)) == [6, 1, 2, 3, 4, 5]  # limit 2 × depth
+    assert list(rerank_candidates(d, 3, ids, limit=100)) == [6, 1, 2, 3, 4, 5, 8]
+    assert list(rerank_candidates(d, 3, ids, limit=1)) == [6, 1, 2]  # never below depth
+    assert list(rerank_candidates(d, 1, ids)) == [6]
+    assert sorted(rerank_candidates(d, 20, ids)) == list(range(10))
+
+
 def test_query_vectors_from_a_table(index_dir, table, tmp_path):
     q = tmp_path / "q.parquet"
     src = pd.read_parquet(table).iloc[[105]]  # p5_5
@@ -364,6 +414,9 @@ def test_bench_search_smoke(tmp_path):
     t = res["throughput"]
     q = t["queries_per_s"]
     assert t["same_distances_as_faiss"]
+    assert t.get("numpy_same_as_ours", True) and t["warmup_seconds"] >= 0
+    assert set(t["seconds_each"]) >= {"ours", "faiss", "float32"}
+    assert all(len(v) == t["repeats"] for v in t["seconds_each"].values())
     assert t["ours_vs_faiss"] == pytest.approx(q["ours"] / q["faiss"])
     assert t["ours_vs_float32"] == pytest.approx(q["ours"] / q["float32"])
     assert len(res["fidelity"]) >= 1
@@ -371,6 +424,7 @@ def test_bench_search_smoke(tmp_path):
         r = f["recall"]
         assert all(0 <= r[c][m] <= 1 for c in r for m in ("plain", "rerank"))
         assert r["binary"]["rerank"] >= r["binary"]["plain"]
+        assert r["rot-binary"]["reranked_rows_mean"] >= 100 or f["rows"] <= 101
         assert r["int8"]["plain"] >= r["binary"]["plain"]
     s = res["storage"]
     assert s["binary_bytes_per_row"] < s["binary+int8_bytes_per_row"] < \

@@ -28,9 +28,10 @@ def index(
     out: Path = typer.Option(..., "--out", "-o", help="Index folder (created, or appended "
                                                       "to when it holds a manifest)."),
     code: str | None = typer.Option(
-        None, "--code", help="binary (1 bit/dim, Hamming), int4 or rot-int4 (4 bits/dim, "
-                             "cosine on decoded values). Default: binary; appends keep the "
-                             "index's.", show_default=False),
+        None, "--code", help="binary (1 bit/dim, Hamming), rot-binary (1 bit/dim of "
+                             "unit-length, centred, rotated vectors; Hamming), int4 or "
+                             "rot-int4 (4 bits/dim, cosine on decoded values). Default: "
+                             "binary; appends keep the index's.", show_default=False),
     rerank: str | None = typer.Option(
         None, "--rerank", help="int8: also store int8 codes for re-ranking; none: do not. "
                                "Default: int8.", show_default=False),

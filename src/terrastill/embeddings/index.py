@@ -4,12 +4,13 @@ Layout (``terrastill index … --out INDEX``)::
 
     INDEX/manifest.json            per shard: path, rows, bbox; code method, dims, model,
                                    the codecs' parameters (to encode or decode a query)
-    INDEX/rotation.npy             the Haar rotation of a ``rot:int4`` code (too big for JSON)
+    INDEX/rotation.npy             the Haar rotation of a ``rot:int4`` or ``rot:binary`` code
     INDEX/shards/<geohash>.parquet id, lon, lat, geometry (WKB), date, code, [rerank],
                                    label, split, source (ZSTD)
 
 ``code`` is a fixed-size binary: sign bits (``binary``, one bit per dimension set above the
-fitted mean) or 4-bit codes (``int4``, ``rot:int4``), made by the codecs of
+fitted mean; ``rot:binary``, the same bits of the unit-length vectors after centring and a
+seeded Haar rotation) or 4-bit codes (``int4``, ``rot:int4``), made by the codecs of
 :mod:`terrastill.embeddings.compress`; ``rerank`` holds the ``int8`` codes of the same
 vectors. A row goes to the shard of the geohash of its centre; the shard's bbox covers its
 rows' footprints. Appending (``index`` on an existing INDEX) re-encodes the new rows with the
@@ -39,16 +40,19 @@ import numpy as np
 
 from terrastill import __version__
 from terrastill.atomic import atomic_path
-from terrastill.embeddings.compress import Codec, fit
+from terrastill.embeddings.compress import Codec, fit, haar_rotation
 from terrastill.errors import BadInputError, NotFoundError
 
 log = logging.getLogger(__name__)
 FORMAT = "terrastill-index"
 VERSION = 1
-CODES = {"binary": "binary", "int4": "int4", "rot-int4": "rot:int4", "rot:int4": "rot:int4"}
+CODES = {"binary": "binary", "rot-binary": "rot:binary", "rot:binary": "rot:binary",
+         "int4": "int4", "rot-int4": "rot:int4", "rot:int4": "rot:int4"}
+HAMMING = ("binary", "rot:binary")  # code methods scored by Hamming distance
 RERANKS = ("int8", "none")
 DEFAULT_PRECISION = 4
 DISTANCES = {"binary": "hamming (bits that differ)",
+             "rot:binary": "hamming (bits that differ) of unit vectors, centred and rotated",
              "int4": "cosine distance (1 - cos) between decoded vectors",
              "rot:int4": "cosine distance (1 - cos) between decoded vectors"}
 RERANK_DISTANCE = "cosine distance (1 - cos) between decoded int8 vectors"
@@ -203,7 +207,73 @@ def manifest_path(index: str | os.PathLike[str]) -> Path:
     return Path(index) / "manifest.json"
 
 
-def _codec_meta(codec: Codec) -> dict[str, Any]:
+class RotatedSigns:
+    """The ``rot:binary`` code: sign bits (a ``binary`` codec of
+    :mod:`terrastill.embeddings.compress`) of ``R (x/|x| − μ)``, with μ the mean unit vector of
+    the indexed rows and R a seeded Haar-random rotation (``compress.haar_rotation``, as for
+    ``rot:int4``). Unit length: every distance the index serves is a cosine, so the code
+    ignores length too; the rotation spreads the variance of correlated dimensions over all
+    bits, so fewer bits repeat one direction and fewer rows tie at the same distance."""
+
+    def __init__(self, signs: Codec, center: np.ndarray, rotation: np.ndarray):
+        self.signs, self.center, self.rotation = signs, center, rotation
+
+    @property
+    def method(self) -> Any:
+        return self.signs.method
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.signs.params
+
+    @property
+    def code_dim(self) -> int:
+        return self.signs.code_dim
+
+    @property
+    def bytes_per_embedding(self) -> int:
+        return self.signs.bytes_per_embedding
+
+    def _rotated(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.center):
+            raise BadInputError(f"rot:binary: vectors have {x.shape[-1]} dimensions, the "
+                                f"index expects {len(self.center)}")
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        return (x / np.where(norm > 0, norm, 1.0) - self.center) @ self.rotation.T
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.signs.encode(self._rotated(x))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes → approximate unit-direction vectors in the embedding space."""
+        return (self.signs.decode(codes).astype(np.float64) @ self.rotation
+                + self.center).astype(np.float32)
+
+    def to_meta(self) -> dict[str, Any]:
+        return self.signs.to_meta()
+
+
+def fit_code(method: str, vectors: np.ndarray, seed: int = 0) -> Codec | RotatedSigns:
+    """The index's code codec for ``method`` (a :data:`CODES` value), fitted on every row."""
+    info = {"split": "all rows indexed"}
+    if method != "rot:binary":
+        return fit(method, vectors, seed=seed, fit_info=info)
+    x = np.asarray(vectors, np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = x / np.where(norm > 0, norm, 1.0)
+    center = unit.mean(axis=0)
+    rot = haar_rotation(x.shape[1], seed)
+    return RotatedSigns(fit("binary", (unit - center) @ rot.T, seed=seed, fit_info=info),
+                        center, rot)
+
+
+def _rotation_meta(codec: RotatedSigns) -> dict[str, Any]:
+    return {"normalize": "l2", "center": codec.center.tolist(),
+            "rotation_file": "rotation.npy"}
+
+
+def _codec_meta(codec: Codec | RotatedSigns) -> dict[str, Any]:
     meta = codec.to_meta()
     if "rotation" in meta["params"]:
         meta["params"] = {k: v for k, v in meta["params"].items() if k != "rotation"}
@@ -221,6 +291,20 @@ def _codec_from(meta: dict[str, Any], index: Path, where: str) -> Codec:
             raise BadInputError(f"{f}: cannot read the index's rotation ({exc})") from None
         meta["params"] = {**meta["params"], "rotation": rot}
     return Codec.from_meta(meta, where)
+
+
+def _rotated_from(m: dict[str, Any], signs: Codec, root: Path, mp: Path) -> RotatedSigns:
+    meta = m["code_rotation"]
+    f = root / meta["rotation_file"]
+    try:
+        rot = np.load(f)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{f}: cannot read the index's rotation ({exc})") from None
+    center = np.asarray(meta["center"], np.float64)
+    d = int(m["dim"])
+    if rot.shape != (d, d) or center.shape != (d,) or not np.isfinite(rot).all():
+        raise BadInputError(f"{mp}: the rot:binary rotation or centre does not fit {d} dims")
+    return RotatedSigns(signs, center, rot)
 
 
 def _shard_table(rows: SourceRows, codes: np.ndarray, rerank: np.ndarray | None) -> Any:
@@ -303,7 +387,7 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
     if not sources:
         raise BadInputError("no embedding product given to index")
     if code is not None and code.lower() not in CODES:
-        raise BadInputError(f"--code {code}: expected binary, int4 or rot-int4")
+        raise BadInputError(f"--code {code}: expected binary, rot-binary, int4 or rot-int4")
     if rerank is not None and rerank.lower() not in RERANKS:
         raise BadInputError(f"--rerank {rerank}: expected int8 or none")
     if precision is not None and not 1 <= precision <= 8:
@@ -327,13 +411,15 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
         method = CODES[(code or "binary").lower()]
         rr = (rerank or "int8").lower()
         prec = precision or DEFAULT_PRECISION
-        codec = fit(method, vectors, seed=seed, fit_info={"split": "all rows indexed"})
+        codec = fit_code(method, vectors, seed=seed)
         rcodec = fit("int8", vectors, seed=seed, fit_info={"split": "all rows indexed"}) \
             if rr == "int8" else None
         manifest: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "model": model, "dim": int(dim),
             "code": {"method": method, "bytes": codec.bytes_per_embedding,
                      "distance": DISTANCES[method], "codec": _codec_meta(codec)},
+            **({"code_rotation": _rotation_meta(codec)} if isinstance(codec, RotatedSigns)
+               else {}),
             "rerank": None if rcodec is None else {
                 "method": "int8", "bytes": rcodec.bytes_per_embedding,
                 "distance": RERANK_DISTANCE, "codec": _codec_meta(rcodec)},
@@ -357,10 +443,12 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
         # entered first, renamed last: the manifest names only shards already in place
         man_tmp = stack.enter_context(atomic_path(manifest_path(out)))
         rot_tmp = None
-        if old is None and "rotation" in codec.params:
+        rotation = codec.rotation if isinstance(codec, RotatedSigns) else \
+            codec.params.get("rotation")
+        if old is None and rotation is not None:
             rot_tmp = stack.enter_context(atomic_path(out / "rotation.npy"))
             with open(rot_tmp, "wb") as fh:
-                np.save(fh, codec.params["rotation"])
+                np.save(fh, rotation)
         for done, (cell, idx) in enumerate(groups, 1):
             sel = idx.to_numpy()
             sub = SourceRows(frame.iloc[sel].reset_index(drop=True), vectors[sel], model,
@@ -423,13 +511,18 @@ class SearchIndex:
 
     path: Path
     manifest: dict[str, Any]
-    codec: Codec
+    codec: Codec | RotatedSigns
     rerank_codec: Codec | None
     shards: list[ShardInfo]
 
     @property
     def method(self) -> str:
         return str(self.manifest["code"]["method"])
+
+    @property
+    def hamming(self) -> bool:
+        """Whether codes are sign bits scored by Hamming distance (binary, rot:binary)."""
+        return self.method in HAMMING
 
     @property
     def precision(self) -> int:
@@ -592,7 +685,9 @@ def read_manifest(index: str | os.PathLike[str]) -> SearchIndex:
             raise ValueError(f"version {m['version']} is newer than {VERSION}")
         shards = [ShardInfo(str(s["geohash"]), str(s["path"]), int(s["rows"]),
                             tuple(float(v) for v in s["bbox"])) for s in m["shards"]]
-        codec = _codec_from(m["code"]["codec"], root, f"{mp} code")
+        codec: Codec | RotatedSigns = _codec_from(m["code"]["codec"], root, f"{mp} code")
+        if m["code"]["method"] == "rot:binary":
+            codec = _rotated_from(m, codec, root, mp)
         rcodec = None if not m.get("rerank") else \
             _codec_from(m["rerank"]["codec"], root, f"{mp} rerank")
     except (ValueError, KeyError, TypeError) as exc:

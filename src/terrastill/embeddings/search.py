@@ -2,7 +2,8 @@
 
 Scoring (``distance``: smaller is more alike):
 
-- ``binary`` codes: exact Hamming distance (:mod:`terrastill.embeddings.hamming`). Several
+- ``binary`` / ``rot:binary`` codes: exact Hamming distance
+  (:mod:`terrastill.embeddings.hamming`). Several
   positives combine by the ``mean`` of their distances, or by bitwise ``and`` / ``or`` of
   their codes before scoring; ``invert`` scores against the bitwise NOT of the (combined)
   query, i.e. ``bits − distance``.
@@ -10,8 +11,12 @@ Scoring (``distance``: smaller is more alike):
   combine by ``mean``; ``invert`` gives ``2 − distance`` (the distance to the negated query).
 - negatives (anywhere in the index): ``distance = positive distance − mean negative
   distance`` (contrastive).
-- ``rerank``: the ``depth`` best rows by code distance are re-scored by cosine distance on
-  the index's int8 codes (positives: mean, negatives and invert as above) and re-ordered.
+- ``rerank``: the ``depth`` best rows by code distance, plus the rows tied with the
+  ``depth``-th distance (at most ``TIE_FACTOR × depth`` rows in all; ties beyond that by id),
+  are re-scored by cosine distance on the index's int8 codes (positives: mean, negatives and
+  invert as above) and re-ordered. Hamming distances of short codes tie a lot (D sign bits
+  give D + 1 values), so a cut at exactly ``depth`` rows would drop tied rows by id, i.e. at
+  random with respect to the true distance.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from terrastill.errors import BadInputError
 log = logging.getLogger(__name__)
 COMBINE = ("mean", "and", "or")
 DEFAULT_DEPTH = 100
+TIE_FACTOR = 2  # re-rank at most this many × depth rows when code distances tie at the cut
 
 
 @dataclass
@@ -92,7 +98,7 @@ def _check_query(index: SearchIndex, q: Query) -> None:
         raise BadInputError("give at least one exemplar (--near LON,LAT)")
     if q.k <= 0:
         raise BadInputError(f"--k {q.k}: expected a positive number of results")
-    if q.combine != "mean" and index.method != "binary":
+    if q.combine != "mean" and not index.hamming:
         raise BadInputError(f"--combine {q.combine}: AND/OR combine binary codes; this index "
                             f"stores {index.method} codes (use mean)")
     if q.rerank and index.rerank_codec is None:
@@ -180,7 +186,7 @@ def _valid_bits_mask(index: SearchIndex) -> np.ndarray:
 def code_distances(index: SearchIndex, pos: Exemplars, neg: Exemplars, codes: np.ndarray,
                    combine: str, invert: bool) -> np.ndarray:
     """Distance of every row's code to the query (see the module docstring)."""
-    if index.method == "binary":
+    if index.hamming:
         bits = index.codec.code_dim
         if combine == "mean":
             qcodes = pos.codes
@@ -228,6 +234,19 @@ def _top(d: np.ndarray, k: int, ids: np.ndarray) -> np.ndarray:
     return part[order][:k]
 
 
+def rerank_candidates(d: np.ndarray, depth: int, ids: np.ndarray,
+                      limit: int | None = None) -> np.ndarray:
+    """Rows to re-rank, best code distance first (ties by id): the ``depth`` best and every
+    row tied with the ``depth``-th distance, at most ``limit`` rows (default ``TIE_FACTOR ×
+    depth``; the ties beyond it go by id)."""
+    n = len(d)
+    if depth >= n:
+        return _top(d, n, ids)
+    limit = max(depth, limit if limit is not None else TIE_FACTOR * depth)
+    kth = np.partition(d, depth - 1)[depth - 1]
+    return _top(d, min(int((d <= kth).sum()), limit), ids)
+
+
 def run_search(index: SearchIndex, q: Query, keep_all: bool = False) -> SearchResult:
     """Run a query against an opened index (``keep_all``: also return every candidate's
     distance, for heatmaps)."""
@@ -250,7 +269,7 @@ def run_search(index: SearchIndex, q: Query, keep_all: bool = False) -> SearchRe
     if q.rerank:
         assert pool.rerank is not None
         depth = min(n, max(q.depth or max(DEFAULT_DEPTH, 4 * q.k), q.k))
-        cand = _top(d, depth, ids)
+        cand = rerank_candidates(d, depth, ids)
         rd = rerank_distances(index, pos, neg, pool.rerank[cand], q.invert)
         order = _top(rd, q.k, ids[cand])
         best, final = cand[order], rd[order]
