@@ -28,7 +28,9 @@ def embed(
     scale: float = typer.Option(1.0, "--scale", help="--images: DN × scale + offset."),
     offset: float = typer.Option(0.0, "--offset", help="--images: added after scaling."),
     pooling: str = typer.Option("mean", "--pooling",
-                                help="Table vectors: mean of the patch tokens, or cls."),
+                                help="Table vectors: mean of the valid patch tokens, "
+                                     "centre (the patches at the input's centre, for point "
+                                     "labels), or cls."),
     bbox: tuple[float, float, float, float] | None = typer.Option(
         None, "--bbox", help="minx miny maxx maxy in lon/lat.", show_default=False),
     aoi: list[Path] | None = typer.Option(None, "--aoi", help="GeoJSON/GeoParquet AOI file(s)."),

@@ -3,8 +3,12 @@
 Every encoder takes reflectance stacks (N, T, C, H, W) with NaN nodata and returns either one
 vector per input (:meth:`Encoder.vectors`) or, for ViTs, one vector per patch
 (:meth:`ViTEncoder.patch_maps`). ViT patch vectors are the encoder's final, normalised patch
-tokens averaged over the T' token steps (time pooling); a table's ``mean`` pooling averages
-every patch token of every step, ``cls`` takes the class token.
+tokens averaged over the T' token steps (time pooling). A table's ``mean`` pooling averages
+the patch tokens of every step whose patch has at least :data:`MIN_VALID` of its pixels valid
+(every band finite at each of the token's steps): nodata-filled patches (outside the scene,
+masked clouds) stay out of the mean; ``centre`` does the same over the patches touching the
+input's centre (a point label at the centre of a chip); ``cls`` takes the class token. An
+input with no such token falls back to the tokens with any valid pixel, then to all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 
 from terrastill.errors import BadInputError, SpecMismatchError
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "centre", "cls")
+MIN_VALID = 0.5  # a patch token counts as valid with this share of valid pixels
 SPECTRAL_STATS = ("mean", "std", "p10", "p50", "p90")
 Coords = tuple[list[tuple[float, float]], tuple[float, float]]  # (year, doy) per step, lat/lon
 
@@ -154,10 +159,37 @@ class ViTEncoder(Encoder):
         assert self.normalisation is not None
         return normalize_chip(arr, self.normalisation["mean"], self.normalisation["std"])[0]
 
+    def token_weights(self, arr: np.ndarray, pooling: str = "mean") -> np.ndarray:
+        """(N, L) pooling weights of the patch tokens of (N, T, C, H, W) inputs: 1 for a
+        token whose patch has >= :data:`MIN_VALID` valid pixels (and, for ``centre``, that
+        touches the centre), else 0; see the module docstring for the fallbacks."""
+        a = np.asarray(arr)
+        n, t, _c, h, w = a.shape
+        p, tub = self.patch, self.tubelet
+        ok = np.isfinite(a).all(axis=2).astype(np.float32)  # (N, T, H, W)
+        share = ok.reshape(n, t // tub, tub, h // p, p, w // p, p).mean(axis=(2, 4, 6))
+        keep = np.ones(share.shape[1:], bool)
+        if pooling == "centre":
+            keep = np.zeros_like(keep)
+            gh, gw = h // p, w // p
+            keep[:, (gh - 1) // 2:gh // 2 + 1, (gw - 1) // 2:gw // 2 + 1] = True
+        share = np.where(keep[None], share, 0.0).reshape(n, -1)
+        weights = (share >= MIN_VALID).astype(np.float32)
+        empty = weights.sum(1) == 0
+        weights[empty] = (share[empty] > 0).astype(np.float32)
+        empty = weights.sum(1) == 0
+        weights[empty] = keep.reshape(-1).astype(np.float32)
+        return weights
+
     def vectors(self, arr: np.ndarray, pooling: str = "mean",
                 coords: Sequence[Coords] | None = None) -> np.ndarray:
+        import torch
+
         tokens = self.tokens(self.normalise(arr), coords)
-        out = tokens[:, 1:].mean(1) if pooling == "mean" else tokens[:, 0]
+        if pooling == "cls":
+            return tokens[:, 0].cpu().numpy().astype(np.float32)
+        w = torch.from_numpy(self.token_weights(arr, pooling)).to(tokens.device)
+        out = (tokens[:, 1:] * w[..., None]).sum(1) / w.sum(1, keepdim=True)
         return out.cpu().numpy().astype(np.float32)
 
 

@@ -30,7 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from terrastill import __version__
 from terrastill.data.chips import ReadOptions, items_over
 from terrastill.data.grid import GridSpec, union_grid
-from terrastill.embeddings.encoders import ViTEncoder, model_file_encoder
+from terrastill.embeddings.encoders import MIN_VALID, ViTEncoder, model_file_encoder
 from terrastill.errors import BadInputError, NoImageryError, SpecMismatchError
 from terrastill.inference.aoi import DEFAULT_MAX_AREA_KM2
 from terrastill.inference.predict import WindowOutput
@@ -38,7 +38,6 @@ from terrastill.inference.predict import WindowOutput
 log = logging.getLogger(__name__)
 QUANTIZE = (None, "int8")
 INT8_NODATA = -128
-MIN_VALID = 0.5  # a patch needs this share of valid pixels
 
 
 @dataclass
