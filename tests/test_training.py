@@ -234,3 +234,15 @@ def test_fit_with_temporal_location_encoding(chips, tmp_path):
     assert model.encoder.temporal_encoding and model.encoder.location_encoding
     assert "encoder.temporal_embed_enc.scale" in model.state_dict()
     assert evaluate(path, chips, "test")["n_chips"] > 0
+
+
+def test_train_cli_encoder_lr_scale_reaches_the_model_card(chips, tmp_path):
+    out = tmp_path / "m"
+    res = CliRunner().invoke(app, ["train", str(chips), "--model", "tiny", "--epochs", "1",
+                                   "--batch-size", "8", "--encoder-lr-scale", "0.1",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert read_card(out / "model.pt").training["options"]["encoder_lr_scale"] == 0.1
+    bad = CliRunner().invoke(app, ["train", str(chips), "--encoder-lr-scale", "-1",
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()

@@ -75,6 +75,10 @@ def train(
     weight_decay: float = typer.Option(0.05, "--weight-decay"),
     layer_decay: float = typer.Option(
         1.0, "--layer-decay", help="Layer-wise lr decay (<1: earlier blocks learn slower)."),
+    encoder_lr_scale: float = typer.Option(
+        1.0, "--encoder-lr-scale", min=0.0,
+        help="The encoder's learning rate × this (e.g. 0.1 when fine-tuning from --weights: "
+             "the fresh head learns at --lr, the pretrained encoder slower)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder",
                                         help="Train the head only (decoder probing)."),
     loss: str | None = typer.Option(None, "--loss",
@@ -106,7 +110,7 @@ def train(
 
     opts = TrainOptions(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        layer_decay=layer_decay, freeze_encoder=freeze_encoder, weights=weights, loss=loss,
+        layer_decay=layer_decay, encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder, weights=weights, loss=loss,
         class_weights=class_weights, seed=seed, patience=patience, resume=resume,
         device=device, precision=precision, num_workers=num_workers, augment=not no_augment,
         progress=sys.stderr.isatty(), name=name, command=_command_line(),

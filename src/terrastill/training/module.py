@@ -27,18 +27,25 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float
-                 ) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases/norms/tokens; lr × layer_decay^(depth+1-layer)."""
+def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
+                 encoder_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases/norms/tokens; lr × layer_decay^(depth+1-layer), and
+    every ``encoder.*`` parameter's lr further × ``encoder_lr_scale`` (a pretrained encoder
+    fine-tuned more gently than its fresh head)."""
     depth = model.encoder.depth
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_wd = p.ndim <= 1 or name.endswith(("cls_token", "scale"))
         lid = layer_id(name, depth)
         scale = layer_decay ** (depth + 1 - lid) if layer_decay and layer_decay < 1 else 1.0
-        key = (lid, no_wd)
+        # a separate group only when scaled: the default grouping (and so the optimiser state
+        # of a checkpoint to --resume) stays what it was
+        is_enc = name.startswith("encoder.") and encoder_lr_scale != 1.0
+        if is_enc:
+            scale *= encoder_lr_scale
+        key = (lid, no_wd, is_enc)
         if key not in groups:
             groups[key] = {"params": [], "lr": lr * scale, "weight_decay": 0.0 if no_wd
                            else weight_decay, "lr_scale": scale}
@@ -67,6 +74,7 @@ class TaskModule(L.LightningModule):
         warmup_frac: float = 0.05,
         min_lr_frac: float = 0.01,
         use_coords: bool = False,
+        encoder_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,7 +146,8 @@ class TaskModule(L.LightningModule):
     # --- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay)
+        groups = param_groups(self.model, hp.lr, hp.weight_decay, hp.layer_decay,
+                              hp.get("encoder_lr_scale", 1.0))
         opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = max(1, int(total * hp.warmup_frac))

@@ -58,6 +58,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.05
     layer_decay: float = 1.0
+    encoder_lr_scale: float = 1.0  # the encoder's lr × this (e.g. 0.1 from pretrained weights)
     freeze_encoder: bool = False
     weights: str | None = None
     loss: str | None = None
@@ -301,7 +302,8 @@ def fit(chips_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     weights_cw = _class_weights(opt, train_ds, k) if task != "regression" else None
     module = MODULES[task](arch, class_names, loss=opt.loss, class_weights=weights_cw, lr=opt.lr,
                            weight_decay=opt.weight_decay, layer_decay=opt.layer_decay,
-                           freeze_encoder=opt.freeze_encoder, use_coords=use_coords)
+                           freeze_encoder=opt.freeze_encoder, use_coords=use_coords,
+                           encoder_lr_scale=opt.encoder_lr_scale)
     load_info = None
     if opt.weights and resume_from is None:
         if arch.get("family") == "cnn":
