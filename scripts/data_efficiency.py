@@ -11,7 +11,13 @@ labels differ. Both arms use the same chips, seed, epochs and options; one start
 encoder that ``terrastill pretrain`` learnt on the world's unlabelled imagery (no labels),
 the other from a random initialisation. Each teacher then predicts the flood over the whole
 world, and its classes are scored against the truth rasters (mIoU over both UTM zones,
-from one confusion matrix).
+from one confusion matrix). The pretraining windows are read with the chips' temporal options.
+
+``--recipes`` adds pretrained arms that fine-tune differently (an encoder learning-rate scale
+and layer decay, e.g. ``1:1,0.1:1``); ``--pretrain-world`` pretrains on another world's
+imagery, ``--pretrained`` reuses an encoder and ``--tag`` names its arms, so several encoders
+share one scratch arm; each teacher's score is cached (``score.json``), so a re-run only trains
+and scores what is new.
 
     python scripts/data_efficiency.py --world demo-out/world --out efficiency/
     python scripts/data_efficiency.py --smoke --out /tmp/eff   # seconds, tiny world
@@ -81,14 +87,18 @@ def subset(chips: Path, out: Path, n: int | None, seed: int) -> dict[str, int]:
 
 
 def pretrain(world: dict[str, Any], out: Path, args: argparse.Namespace) -> Path:
-    """``terrastill pretrain`` on the world's unlabelled imagery (resumes if present)."""
+    """``terrastill pretrain`` on ``world``'s unlabelled imagery, read with the chips' temporal
+    options (resumes if present)."""
     model = out / "model.pt"
     if model.exists():
         return model
     bbox = [str(v) for v in world["bbox"]]
+    t = temporal(args.smoke)
     cmd = [sys.executable, "-m", "terrastill.cli", "pretrain", "--catalog", world["catalog"],
            "--bbox", *bbox, "--start", world["start"], "--end", world["end"],
            "--model", "tiny", "--num-steps", "3", "--chip-size", str(args.chip_size),
+           "--temporal-step", str(t.temporal_step),
+           "--temporal-tolerance", str(t.temporal_tolerance), "--max-cloud", str(t.max_cloud),
            "--samples", str(args.pretrain_samples), "--epochs", str(args.pretrain_epochs),
            "--seed", "0", "--out", str(out)]
     console.print("[bold]pretraining[/] " + " ".join(cmd[3:]))
@@ -96,16 +106,42 @@ def pretrain(world: dict[str, Any], out: Path, args: argparse.Namespace) -> Path
     return model
 
 
+def temporal(quick: bool) -> Any:
+    """The demo's temporal options for the flood chips (and for pretraining windows)."""
+    from terrastill.data.temporal import TemporalOptions
+
+    return TemporalOptions(num_steps=3, temporal_step=8 if quick else 14,
+                           temporal_tolerance=4 if quick else 7, max_cloud=60)
+
+
 def prediction_date(world: dict[str, Any], quick: bool) -> dt.date:
     """The demo's rule: the clearest acquisition date within 30 days after the flood."""
-    from terrastill.data.temporal import TemporalOptions
     from terrastill.demo import clearest_date
 
     flood = dt.date.fromisoformat(world["tasks"]["flood"]["date"])
     last = min(flood + dt.timedelta(days=30), dt.date.fromisoformat(world["end"]))
-    t = TemporalOptions(num_steps=3, temporal_step=8 if quick else 14,
-                        temporal_tolerance=4 if quick else 7, max_cloud=60)
-    return clearest_date(world["catalog"], flood, last, t)
+    return clearest_date(world["catalog"], flood, last, temporal(quick))
+
+
+def parse_recipes(text: str) -> dict[str, tuple[float, float]]:
+    """``ELS:LD,…`` -> {arm name: (encoder lr scale, layer decay)}; ``1:1`` is ``pretrained``;
+    ``none``: the scratch arm only (no pretraining)."""
+    recipes: dict[str, tuple[float, float]] = {}
+    if text.strip() == "none":
+        return recipes
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            els, ld = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise ValueError(f"--recipes {part!r}: expected ENCODER_LR_SCALE:LAYER_DECAY, "
+                             "e.g. 1:1 or 0.1:0.75") from None
+        if not (0 < els <= 1 and 0 < ld <= 1):
+            raise ValueError(f"--recipes {part!r}: both values must be in (0, 1]")
+        name = "pretrained" if (els, ld) == (1.0, 1.0) else f"pretrained-e{els:g}-d{ld:g}"
+        recipes[name] = (els, ld)
+    if not recipes:
+        raise ValueError("--recipes: give at least one recipe")
+    return recipes
 
 
 def score(model: Path, world: dict[str, Any], out: Path, date: dt.date) -> dict[str, Any]:
@@ -142,28 +178,48 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
 
     world = load_manifest(world_dir)
     chips = make_flood_chips(world, out / "chips", args.chip_size, args.smoke)
-    mae = pretrain(world, out / "pretrain", args)
+    if args.pretrained or not args.recipes:
+        mae = args.pretrained
+    else:
+        source = load_manifest(args.pretrain_world) if args.pretrain_world else world
+        mae = pretrain(source, out / "pretrain", args)
     date = prediction_date(world, args.smoke)
     console.print(f"predicting on {date}, the clearest date after the flood")
+    arms: dict[str, tuple[str | None, float, float]] = {"scratch": (None, 1.0, 1.0)}
+    tag = f"{args.tag}-" if args.tag else ""
+    arms.update({tag + name: (str(mae), els, ld) for name, (els, ld) in args.recipes.items()})
     rows: list[dict[str, Any]] = []
     for seed in range(args.seed, args.seed + args.seeds):
         for size in args.sizes.split(","):
             n = None if size == "all" else int(size)
             data = out / f"subset-{size}-s{seed}"
             picked = subset(chips, data, n, seed)
-            for arm, weights in (("scratch", None), ("pretrained", str(mae))):
+            for arm, (weights, els, ld) in arms.items():
                 model_dir = out / f"teacher-{size}-{arm}-s{seed}"
                 model = model_dir / "model.pt"
+                done = model_dir / "score.json"
+                if weights is None and args.no_scratch and not done.exists():
+                    continue  # another run of this --out trains the scratch arm
                 t0 = time.perf_counter()
                 if not model.exists():
                     fit(data, model_dir, TrainOptions(model="tiny", epochs=args.epochs,
                                                       seed=seed, weights=weights,
+                                                      encoder_lr_scale=els, layer_decay=ld,
                                                       progress=False,
                                                       name=f"flood-{arm}-{size}"))
-                s = score(model, world, model_dir / "prediction", date)
+                if done.exists():  # a re-run with more recipes scores each teacher once
+                    s = json.loads(done.read_text())
+                else:
+                    s = score(model, world, model_dir / "prediction", date)
+                    s = {"miou": s["miou"], "accuracy": s["accuracy"],
+                         "water_iou": s["iou"].get("water"), "pixels": s["pixels"]}
+                    done.write_text(json.dumps(s))
+                val = json.loads((model_dir / "metrics.json").read_text()).get("val", {})
                 rows.append({"size": size, "arm": arm, "seed": seed, **picked,
+                             "weights": weights, "encoder_lr_scale": els, "layer_decay": ld,
                              "miou": round(s["miou"], 4), "accuracy": round(s["accuracy"], 4),
-                             "water_iou": s["iou"].get("water"), "pixels": s["pixels"],
+                             "water_iou": s["water_iou"], "pixels": s["pixels"],
+                             "val_miou": val.get("miou"),
                              "seconds": round(time.perf_counter() - t0, 1)})
                 console.print(rows[-1])
     return rows
@@ -172,21 +228,28 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
 def report(rows: list[dict[str, Any]], out: Path) -> str:
     """Mean ± standard deviation over seeds per size and arm, and the paired difference."""
     frame = pd.DataFrame(rows)
-    lines = ["| training observations (chips), mean over seeds | scratch mIoU | pretrained "
-             "mIoU | Δ (paired) | seeds |", "|---|---:|---:|---:|---:|"]
-    for size in dict.fromkeys(r["size"] for r in rows):
-        sub = frame[frame["size"] == size]
-        s = sub[sub["arm"] == "scratch"].set_index("seed")
-        p = sub[sub["arm"] == "pretrained"].set_index("seed")
-        both = s.index.intersection(p.index)
-        if not len(both):
-            continue
-        d = p.loc[both, "miou"] - s.loc[both, "miou"]
-        lines.append(f"| {size}: {s['observations'].mean():.0f} ({s['chips'].mean():.0f}) | "
-                     f"{s['miou'].mean():.3f} ± {s['miou'].std(ddof=0):.3f} | "
-                     f"{p['miou'].mean():.3f} ± {p['miou'].std(ddof=0):.3f} | "
-                     f"{d.mean():+.3f} ± {d.std(ddof=0):.3f} | {len(both)} |")
-    md = "\n".join(lines) + "\n"
+    lines = []
+    for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != "scratch"):
+        first = next(r for r in rows if r["arm"] == arm)
+        lines += [f"{arm}: from {first['weights']}, {arm_recipe(first)}", "",
+                  "| training observations (chips), mean over seeds | scratch mIoU | pretrained "
+                  "mIoU | Δ (paired) | seeds ahead | seeds |", "|---|---:|---:|---:|---:|---:|"]
+        for size in dict.fromkeys(r["size"] for r in rows):
+            sub = frame[frame["size"] == size]
+            s = sub[sub["arm"] == "scratch"].set_index("seed")
+            p = sub[sub["arm"] == arm].set_index("seed")
+            both = s.index.intersection(p.index)
+            if not len(both):
+                continue
+            s, p = s.loc[both], p.loc[both]
+            d = p["miou"] - s["miou"]
+            lines.append(f"| {size}: {s['observations'].mean():.0f} ({s['chips'].mean():.0f}) "
+                         f"| {s['miou'].mean():.3f} ± {s['miou'].std(ddof=0):.3f} | "
+                         f"{p['miou'].mean():.3f} ± {p['miou'].std(ddof=0):.3f} | "
+                         f"{d.mean():+.3f} ± {d.std(ddof=0):.3f} | {int((d > 0).sum())} | "
+                         f"{len(both)} |")
+        lines.append("")
+    md = "\n".join(lines)
     (out / "data_efficiency.md").write_text(md)
     (out / "data_efficiency.json").write_text(json.dumps(rows, indent=2))
     table = Table(title="data efficiency (dense-truth mIoU)")
@@ -199,6 +262,14 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
     return md
 
 
+def arm_recipe(row: dict[str, Any]) -> str:
+    """How an arm fine-tunes, in words."""
+    els, ld = row["encoder_lr_scale"], row["layer_decay"]
+    if (els, ld) == (1.0, 1.0):
+        return "every parameter at the same learning rate"
+    return f"encoder learning rate × {els:g}, layer decay {ld:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, help="demo world folder (built if missing)")
@@ -208,10 +279,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chip-size", type=int, default=32)
     ap.add_argument("--pretrain-samples", type=int, default=512)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--pretrain-world", type=Path,
+                    help="pretrain on this world's imagery instead of the scored world's")
+    ap.add_argument("--pretrained", help="an existing pretrain model.pt (skips pretraining)")
+    ap.add_argument("--recipes", default="1:1",
+                    help="fine-tuning recipes from the pretrained encoder, ENCODER_LR_SCALE:"
+                         "LAYER_DECAY, comma-separated (1:1: as from scratch; none: only the "
+                         "scratch arm)")
+    ap.add_argument("--no-scratch", action="store_true",
+                    help="train only the pretrained arms (scratch teachers that another run of "
+                         "this --out finished are still reported)")
+    ap.add_argument("--tag", default="", help="prefix of the pretrained arms' names (several "
+                                              "pretrained encoders against one scratch arm)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=3, help="repeats (subset draw and training)")
     ap.add_argument("--smoke", action="store_true", help="a tiny world and sizes, seconds")
     args = ap.parse_args(argv)
+    try:
+        args.recipes = parse_recipes(args.recipes)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.pretrain_world and not (args.pretrain_world / "world.json").exists():
+        ap.error(f"--pretrain-world {args.pretrain_world}: no world.json there")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        ap.error(f"--pretrained {args.pretrained}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
     world = args.world or args.out / "world"
     if args.smoke:
