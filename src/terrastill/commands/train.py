@@ -110,7 +110,8 @@ def train(
 
     opts = TrainOptions(
         model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        layer_decay=layer_decay, encoder_lr_scale=encoder_lr_scale, freeze_encoder=freeze_encoder, weights=weights, loss=loss,
+        layer_decay=layer_decay, encoder_lr_scale=encoder_lr_scale,
+        freeze_encoder=freeze_encoder, weights=weights, loss=loss,
         class_weights=class_weights, seed=seed, patience=patience, resume=resume,
         device=device, precision=precision, num_workers=num_workers, augment=not no_augment,
         progress=sys.stderr.isatty(), name=name, command=_command_line(),
