@@ -104,6 +104,8 @@ def test_fit_recovers_known_shifts_and_beats_bicubic():
     res = fit(obs, 10.0, FitOptions(adam_steps=100, lbfgs_steps=15))
     true = shifts - shifts.mean(axis=0)
     assert np.abs(res.shifts - true).mean() < 0.3
+    assert 1 <= res.lbfgs["iterations"] <= 15 and res.lbfgs["evaluations"] >= 1
+    assert len(res.losses) == 100 + res.lbfgs["evaluations"]
     for a in range(2):
         assert np.corrcoef(res.shifts[:, a], true[:, a])[0, 1] > 0.95
     out = res.render_fine(F)
@@ -307,6 +309,8 @@ def test_eval_superres_smoke(tmp_path):
     s = json.loads((tmp_path / "superres_summary.json").read_text())
     assert [r["n"] for r in s["curve"]] == [1, 2, 4]
     assert all(math.isfinite(r["psnr_sr"]) and -1 <= r["ssim_sr"] <= 1 for r in s["curve"])
+    assert all(r["lbfgs_evaluations"] >= 1 for r in s["curve"])
+    assert s["timing"]["acquisitions"] >= 2 and s["timing"]["crop_px"] == 24
     rec = next(r for r in s["shifts"] if r["pair"] == "recovered vs known" and r["axis"] == "dx")
     assert rec["pearson_r"] > 0.5
     for name in ("superres_curve.csv", "superres_psf.csv", "superres_shifts.csv",

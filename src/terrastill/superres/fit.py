@@ -68,6 +68,7 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     rmse: float = float("nan")  # of the valid observed pixels at the end
+    lbfgs: dict = field(default_factory=dict)  # LBFGS iterations, evaluations, last step, grad
 
     def render_fine(self, factor: int) -> np.ndarray:
         """(C, H·factor, W·factor) float32: the scene integrated over output pixels of
@@ -123,6 +124,16 @@ def _tv(w: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt(dx * dx + dy * dy + eps * eps).mean()
 
 
+def _lbfgs_report(opt: torch.optim.LBFGS, params: list[torch.Tensor]) -> dict:
+    """Iterations and loss evaluations of an LBFGS run and the size of its last step."""
+    st = opt.state[params[0]]
+    d, t = st.get("d"), st.get("t")
+    step = float((d * t).abs().max().item()) if d is not None and t is not None else 0.0
+    grad = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
+    return {"iterations": int(st.get("n_iter", 0)), "evaluations": int(st.get("func_evals", 0)),
+            "last_step_max": step, "grad_max": float(grad.abs().max().item())}
+
+
 def fit(stack: np.ndarray, pixel: float, opts: FitOptions,
         init_shifts: np.ndarray | None = None,
         progress: Callable[[int, int], None] | None = None) -> FitResult:
@@ -167,6 +178,7 @@ def fit(stack: np.ndarray, pixel: float, opts: FitOptions,
         return data + opts.tv_weight * _tv(weights), data
 
     losses: list[float] = []
+    lbfgs_info: dict = {}
     total = opts.adam_steps + opts.lbfgs_steps
     groups = [{"params": [weights], "lr": opts.adam_lr}]
     if raw.requires_grad:
@@ -201,10 +213,11 @@ def fit(stack: np.ndarray, pixel: float, opts: FitOptions,
             return loss
 
         lbfgs.step(closure)
+        lbfgs_info = _lbfgs_report(lbfgs, params)
     with torch.no_grad():
         _, data = loss_fn()
         shifts = current().cpu().numpy()
     if progress is not None:
         progress(total, total)
     return FitResult(weights.detach() / SCALE, shifts, grid, opts, losses,
-                     time.perf_counter() - t0, math.sqrt(float(data.item())) / SCALE)
+                     time.perf_counter() - t0, math.sqrt(float(data.item())) / SCALE, lbfgs_info)
