@@ -73,6 +73,79 @@ def test_distance_stratified_recall():
     assert s["classes"][0]["hidden_pixels"] == 0
 
 
+def _ambiguous_chips(n: int = 6, size: int = 12, seed: int = 0):
+    """Chips of land (left) and water (right) whose water has a known 3 × 3 block that looks
+    like land (turbid water): the ambiguous pixels. Column 0 of the target step is masked."""
+    rng = np.random.default_rng(seed)
+    land, water = np.array([0.20, 0.25, 0.30]), np.array([0.05, 0.04, 0.02])
+    chips, blocks = [], []
+    for _ in range(n):
+        label = np.zeros((size, size), dtype=np.int64)
+        label[:, size // 2:] = 1
+        spec = np.where(label[None] == 1, water[:, None, None], land[:, None, None])
+        r, c = int(rng.integers(0, size - 3)), int(rng.integers(size // 2 + 2, size - 3))
+        block = np.zeros((size, size), dtype=bool)
+        block[r:r + 3, c:c + 3] = True
+        spec = np.where(block[None], land[:, None, None], spec)
+        bands = (spec + rng.normal(0, 0.005, spec.shape)).astype(np.float32)
+        hidden = np.zeros((size, size), dtype=bool)
+        hidden[:, 0] = True
+        bands[:, hidden] = np.nan
+        pred = label.copy()
+        pred[block] = 0  # the model follows the spectrum there
+        chips.append((bands, label, hidden, pred))
+        blocks.append(block)
+    return chips, blocks
+
+
+def test_ambiguous_pixels_are_the_ones_the_spectrum_cannot_tell():
+    from terrastill.diagnostics.ambiguity import cross_fitted_probability
+
+    chips, blocks = _ambiguous_chips()
+    feats, labs, groups, truth = [], [], [], []
+    for g, ((bands, label, hidden, _), block) in enumerate(zip(chips, blocks, strict=True)):
+        vis = ~hidden
+        feats.append(bands[:, vis].T)
+        labs.append(label[vis])
+        groups.append(np.full(int(vis.sum()), g))
+        truth.append(block[vis])
+    a = cross_fitted_probability(np.concatenate(feats), np.concatenate(labs),
+                                 np.concatenate(groups), 2, threshold=0.5)
+    assert a.grouping == "chip" and a.folds == 5
+    assert np.array_equal(a.ambiguous, np.concatenate(truth))
+    assert np.isfinite(a.prob).all() and 0.9 < a.accuracy < 1.0
+    assert a.ambiguous.sum() == 6 * 9
+
+
+def test_recall_of_masked_and_of_ambiguous_pixels_is_reported_separately():
+    from terrastill.diagnostics.run import _recalls
+
+    chips, _ = _ambiguous_chips()
+    masked, amb, info = _recalls(chips, ["land", "water"], 10.0, 0.5, 0)
+    assert info["ambiguous_pixels"] == {"land": 0, "water": 6 * 9}
+    assert info["grouping"] == "chip" and info["threshold"] == 0.5
+    assert info["own_class_probability_quantiles"]["0.001"] < 0.5 < info[
+        "own_class_probability_quantiles"]["0.5"]
+    # masked: column 0 (land) next to visible land, all predicted right
+    land = masked["classes"][0]
+    assert land["hidden_pixels"] == 6 * 12 and land["recall"] == 1.0
+    assert masked["classes"][1]["hidden_pixels"] == 0
+    # ambiguous: the water blocks, predicted land (recall 0), 1-2 px from clear water
+    water = amb["classes"][1]
+    assert water["hidden_pixels"] == 6 * 9 and water["recall"] == 0.0
+    assert [b["from_px"] for b in water["bins"]] == [1.0, 2.0]
+    assert sum(b["pixels"] for b in water["bins"]) == 6 * 9
+    assert [b["pixels"] for b in water["bins"]] == [6 * 8, 6]  # the centre is 2 px in
+    assert amb["classes"][0]["hidden_pixels"] == 0
+
+
+def test_diagnose_rejects_a_threshold_outside_0_1(tmp_path):
+    res = runner.invoke(app, ["diagnose", str(tmp_path / "m.pt"), str(tmp_path), "--out",
+                              str(tmp_path / "d"), "--ambiguous-threshold", "1.5"])
+    assert res.exit_code == 2 and "--ambiguous-threshold 1.5" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_diagnose_command(flood_model, flood_dataset, small_world, tmp_path):
     out = tmp_path / "diag"
@@ -90,6 +163,12 @@ def test_diagnose_command(flood_model, flood_dataset, small_world, tmp_path):
         assert (out / name).stat().st_size > 0
     hidden = sum(c["hidden_pixels"] for c in s["recall"]["classes"])
     assert hidden > 0, "the occluded squares hide labelled pixels"
+    amb = s["ambiguity"]
+    assert amb["grouping"] == "chip" and amb["scored_pixels"] > 0
+    assert [c["hidden_pixels"] for c in s["recall_ambiguous"]["classes"]] == [
+        amb["ambiguous_pixels"][n] for n in ("land", "water")]
+    kinds = {line.split(",")[0] for line in (out / "recall.csv").read_text().splitlines()[1:]}
+    assert "masked" in kinds
 
 
 def test_diagnose_refuses_a_model_without_segmentation_head(flood_dataset, tmp_path):

@@ -1,5 +1,6 @@
-"""Recall of labelled pixels whose input is hidden (masked at the target date), stratified by
-their distance to the nearest visible pixel of the same class, and distance-weighted recall."""
+"""Recall of labelled pixels whose input is hidden (masked at the target date) or ambiguous
+(see ``ambiguity``), stratified by their distance to the nearest pixel of the same class that
+the input shows, and distance-weighted recall."""
 
 from __future__ import annotations
 
@@ -19,15 +20,18 @@ def hidden_mask(img: np.ndarray) -> np.ndarray:
 
 
 def chip_distances(label: np.ndarray, hidden: np.ndarray, num_classes: int,
+                   source: np.ndarray | None = None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(class, distance px, flat index) of every hidden labelled pixel; distance = inf when no
-    pixel of its class is visible in the chip."""
+    """(class, distance px, flat index) of every labelled pixel in ``hidden`` (the targets);
+    the distance runs to the nearest pixel of its class in ``source`` (default: the pixels not
+    in ``hidden``), inf when there is none in the chip."""
+    src = ~hidden if source is None else source
     cls, dist, where = [], [], []
     for c in range(num_classes):
         target = (label == c) & hidden
         if not target.any():
             continue
-        visible = (label == c) & ~hidden
+        visible = (label == c) & src
         if visible.any():
             d = distance_transform_edt(~visible)[target]
         else:
