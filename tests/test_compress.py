@@ -159,8 +159,10 @@ def test_pca_matches_scikit_learn():
     x = gaussian()
     ref = PCA(n_components=6, svd_solver="full").fit(x[:300])
     codec = fit("pca:6", x[:300])
+    # scikit-learn fits the float32 input in float32: agreement to float32 precision only
+    # (the last digits move with the CPU's vector width)
     np.testing.assert_allclose(codec.params["pca_explained_variance_ratio"],
-                               ref.explained_variance_ratio_, rtol=1e-6)
+                               ref.explained_variance_ratio_, rtol=1e-5)
     assert codec.explained_variance == pytest.approx(ref.explained_variance_ratio_.sum())
     np.testing.assert_allclose(codec.decode(codec.encode(x)),
                                ref.inverse_transform(ref.transform(x)), rtol=1e-4, atol=1e-4)
