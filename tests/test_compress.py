@@ -21,7 +21,8 @@ from terrastill.errors import BadInputError
 
 runner = CliRunner()
 METHODS = ["float32", "int8", "int4", "int2", "binary", "binary:sign", "pca:6", "pca:6+int8",
-           "pca:6+int4", "pca:6+binary", "rot:int8", "rot:int4", "rot:int2", "pca:6+rot:int4"]
+           "pca:6+int4", "pca:6+binary", "rot:int8", "rot:int4", "rot:int2", "pca:6+rot:int4",
+           "rot:binary", "pca:6+rot:binary"]
 
 
 def gaussian(n: int = 400, d: int = 13, seed: int = 0) -> np.ndarray:
@@ -61,8 +62,9 @@ def test_method_strings_parse_to_canonical_names():
     assert parse_method("binary:sign").sign and not parse_method("binary").sign
     m = parse_method("pca:32+rot:int2")
     assert (m.pca, m.quant, m.rotate, m.bits) == (32, "int2", True, 2)
-    for bad in ("int3", "pca:0", "pca:x+int8", "rot:binary", "int8:sign", "", "pca:4+pca:4",
-                "int8+pca:4"):
+    assert str(parse_method("rot-binary")) == "rot:binary"
+    for bad in ("int3", "pca:0", "pca:x+int8", "rot:binary:sign", "rot:float32", "int8:sign", "",
+                "pca:4+pca:4", "int8+pca:4"):
         with pytest.raises(BadInputError, match="pca:K"):
             parse_method(bad)
 
@@ -133,6 +135,41 @@ def test_binary_codes_hamming_and_decoding():
     np.testing.assert_allclose(codec.decode(codes), np.where(bits, hi, lo), rtol=1e-5)
     sign = fit("binary:sign", train - 3.0)
     assert np.all(sign.params["threshold"] == 0)
+
+
+def test_rot_binary_is_signs_of_rotated_centred_unit_vectors():
+    x = gaussian()
+    train = x[:300].astype(np.float64)
+    codec = fit("rot:binary", train, seed=5)
+    p = codec.params
+    r = p["rotation"]
+    np.testing.assert_allclose(r @ r.T, np.eye(13), atol=1e-10)
+    assert codec.bytes_per_embedding == 2
+    u = train / np.linalg.norm(train, axis=1, keepdims=True)
+    np.testing.assert_allclose(p["center"], u.mean(0), rtol=1e-12)
+    y = (u - u.mean(0)) @ r.T
+    np.testing.assert_allclose(p["threshold"], y.mean(0), atol=1e-12)  # centred: about 0
+    bits = y > p["threshold"]
+    assert (codec.encode(train) == np.packbits(bits, axis=1)).all()
+    assert (codec.encode(7.5 * train[:9]) == codec.encode(train[:9])).all()  # length ignored
+    # decoded: the binary decode of the rotated bits, rotated back, re-centred, times mean length
+    hi = np.array([y[bits[:, j], j].mean() for j in range(13)])
+    lo = np.array([y[~bits[:, j], j].mean() for j in range(13)])
+    expect = (np.where(bits, hi, lo) @ r + u.mean(0)) * np.linalg.norm(train, axis=1).mean()
+    np.testing.assert_allclose(codec.decode(codec.encode(train)), expect, rtol=1e-5, atol=1e-5)
+    # Hamming between codes tracks the angle better than plain mean-threshold bits here
+    plain = fit("binary", train)
+    cos = u @ u.T
+    def corr(c: Codec) -> float:
+        ham = hamming_distances(c.encode(train), c.encode(train))
+        return float(np.corrcoef(-ham.ravel(), cos.ravel())[0, 1])
+    assert corr(codec) > corr(plain)
+    again = Codec.from_meta(json.loads(json.dumps(codec.to_meta())))
+    assert (again.encode(x[300:]) == codec.encode(x[300:])).all()
+    broken = codec.to_meta()
+    del broken["params"]["scale"]
+    with pytest.raises(BadInputError, match="scale"):
+        Codec.from_meta(broken)
 
 
 def test_rotation_is_orthogonal_seeded_and_stored():

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from terrastill.cli import app
 from terrastill.embeddings import geohash, hamming
-from terrastill.embeddings.compress import Codec
 from terrastill.embeddings.index import build_index, open_index
 from terrastill.embeddings.search import Query, run_search
 from terrastill.embeddings.table import write_table
@@ -113,13 +112,14 @@ def test_index_shards_manifest_and_codes(index_dir, table):
     m = json.loads((index_dir / "manifest.json").read_text())
     assert m["format"] == "terrastill-index" and m["dim"] == 32
     assert m["model"]["name"] == "synthetic" and m["geohash_precision"] == 5
-    assert m["code"]["method"] == "binary" and m["code"]["bytes"] == 4
+    assert m["code"]["method"] == "rot:binary" and m["code"]["bytes"] == 4  # the default
     assert m["code"]["distance"].startswith("hamming")
     assert m["rerank"]["method"] == "int8" and m["rerank"]["bytes"] == 32
     assert m["rows"] == 600 == sum(s["rows"] for s in m["shards"])
     assert len(m["shards"]) > 4
     t = read_table(table)
-    codec = Codec.from_meta(m["code"]["codec"])
+    codec = open_index(index_dir).codec
+    assert str(codec.method) == "rot:binary" and (index_dir / "rotation.npy").is_file()
     byid = dict(zip(t.frame["id"], codec.encode(t.vectors), strict=True))
     for s in m["shards"]:
         f = index_dir / s["path"]
@@ -287,6 +287,28 @@ def test_int4_codes_use_cosine_on_decoded_values(table, tmp_path, code):
     assert (r.rows.frame["label"].iloc[:20] == "c0").all()
     with pytest.raises(Exception, match="AND/OR"):
         run_search(idx, Query(near=[(11.955, 45.255)], k=5, combine="and"))
+
+
+def test_rot_binary_index_of_the_earlier_layout_still_opens(table, tmp_path):
+    """Indexes written before compress had rot:binary kept a binary codec beside a
+    ``code_rotation`` entry; they open as rot:binary with the same codes and results."""
+    out = tmp_path / "idx"
+    build_index([table], out, code="rot-binary", precision=4, seed=3)
+    now = open_index(out)
+    m = json.loads((out / "manifest.json").read_text())
+    codec = m["code"]["codec"]
+    params = codec["params"]
+    m["code_rotation"] = {"normalize": "l2", "center": params.pop("center"),
+                          "rotation_file": codec.pop("rotation_file")}
+    params.pop("scale")
+    codec["method"] = "binary"
+    (out / "manifest.json").write_text(json.dumps(m))
+    old = open_index(out)
+    assert str(old.codec.method) == "rot:binary"
+    x = np.random.default_rng(0).standard_normal((7, 32))
+    assert (old.encode(x)[0] == now.encode(x)[0]).all()
+    q = Query(near=[(11.955, 45.255)], k=20, rerank=True)
+    assert list(run_search(old, q).rows.frame["id"]) == list(run_search(now, q).rows.frame["id"])
 
 
 def test_rot_binary_signs_of_rotated_unit_vectors(table, tmp_path):

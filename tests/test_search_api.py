@@ -50,7 +50,7 @@ def test_search_routes(indexes, tmp_path):
     with local_client(app) as c:
         listed = c.get("/api/indexes").json()
         assert [i["name"] for i in listed] == ["demo"]
-        assert listed[0]["rows"] == 600 and listed[0]["method"] == "binary"
+        assert listed[0]["rows"] == 600 and listed[0]["method"] == "rot:binary"
         r = c.post("/api/search", json=BODY)
         assert r.status_code == 201, r.text
         res = r.json()

@@ -35,8 +35,8 @@ def compress(
     method: str | None = typer.Option(
         None, "--method", "-m",
         help="Q or pca:K+Q, Q one of float32, int8, int4, int2, binary, binary:sign, rot:int8, "
-             "rot:int4, rot:int2 (e.g. int8, pca:64+int8, rot:int4); pca:K alone keeps K "
-             "float32 values. Rasters: int8, pca:K, pca:K+int8."),
+             "rot:int4, rot:int2, rot:binary (e.g. int8, pca:64+int8, rot:int4); pca:K alone "
+             "keeps K float32 values. Rasters: int8, pca:K, pca:K+int8."),
     out: Path = typer.Option(..., "--out", "-o",
                              help="Output .parquet / .tif, or a folder to write it into."),
     params: Path | None = typer.Option(

@@ -19,7 +19,8 @@ def embed_bench(
         None, "--methods",
         help="Comma-separated methods (float32 is always the reference); add '/hamming' to a "
              "binary method to compare raw codes. Default: float32, int8, int4, int2, binary, "
-             "binary/hamming, pca:8/16/32/64/128+int8, rot:int4, rot:int2."),
+             "binary/hamming, pca:8/16/32/64/128+int8, rot:int4, rot:int2, rot:binary, "
+             "rot:binary/hamming."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: split, rotation, CV, bootstrap."),
     k: int = typer.Option(5, "--k", min=1, help="Neighbours for the kNN vote (cosine)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0,

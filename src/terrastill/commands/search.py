@@ -31,14 +31,15 @@ def index(
         None, "--code", help="binary (1 bit/dim, Hamming), rot-binary (1 bit/dim of "
                              "unit-length, centred, rotated vectors; Hamming), int4 or "
                              "rot-int4 (4 bits/dim, cosine on decoded values). Default: "
-                             "binary; appends keep the index's.", show_default=False),
+                             "rot-binary; appends keep the index's.", show_default=False),
     rerank: str | None = typer.Option(
         None, "--rerank", help="int8: also store int8 codes for re-ranking; none: do not. "
                                "Default: int8.", show_default=False),
     precision: int | None = typer.Option(
         None, "--geohash-precision", help="Geohash characters of a shard (default 4, cells of "
                                           "about 39 × 20 km).", show_default=False),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the rot-int4 rotation."),
+    seed: int = typer.Option(0, "--seed", min=0,
+                             help="Seed of the rot-binary / rot-int4 rotation."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
     config: Path | None = ConfigOption,
 ) -> None:

@@ -29,7 +29,7 @@ from terrastill.errors import BadInputError
 log = logging.getLogger(__name__)
 DEFAULT_METHODS = ("float32", "int8", "int4", "int2", "binary", "binary/hamming",
                    "pca:8+int8", "pca:16+int8", "pca:32+int8", "pca:64+int8", "pca:128+int8",
-                   "rot:int4", "rot:int2")
+                   "rot:int4", "rot:int2", "rot:binary", "rot:binary/hamming")
 RECALL_K = 10
 
 

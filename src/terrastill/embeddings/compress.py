@@ -1,8 +1,8 @@
 """Embedding compression methods: parse a method string, fit on train rows, encode, decode.
 
 Grammar (case-insensitive): ``Q`` or ``pca:K+Q`` where ``Q`` is ``float32``, ``int8``, ``int4``,
-``int2``, ``binary``, ``binary:sign`` or ``rot:int8|rot:int4|rot:int2`` (``rot-int4`` also
-reads); ``pca:K`` alone keeps K float32 values. Every parameter is fitted on the rows given
+``int2``, ``binary``, ``binary:sign`` or ``rot:int8|rot:int4|rot:int2|rot:binary`` (``rot-int4``
+also reads); ``pca:K`` alone keeps K float32 values. Every parameter is fitted on the rows given
 to :func:`fit` (the train split) and serialised as plain lists by :meth:`Codec.to_meta`, so
 :meth:`Codec.from_meta` decodes with nothing else.
 
@@ -15,6 +15,11 @@ to :func:`fit` (the train split) and serialised as plain lists by :meth:`Codec.t
 - ``rot:intB``: centre on the train mean μ, rotate by a seeded Haar-random orthogonal R (QR of
   a Gaussian matrix, signs fixed by diag(R)), then quantise symmetrically per dimension over
   [−s, s] with s = max |value| on train (2^B levels, mid-rise): ``x̂ = μ + Rᵀ Q⁻¹(Q(R(x − μ)))``.
+- ``rot:binary``: sign bits of ``R(x/‖x‖ − μ)``, μ the train mean of the unit vectors and R as
+  for ``rot:intB``: unit length first because these codes serve cosine neighbours (Hamming
+  distance between them tracks the angle), the rotation spreads correlated dimensions over
+  every bit. Bits decode as ``binary`` does, rotated back, plus μ, times the train rows' mean
+  length ``ℓ``: ``x̂ = ℓ (μ + Rᵀ b̂)``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 from terrastill.errors import BadInputError
 
 GRAMMAR = ("Q or pca:K+Q with Q one of float32, int8, int4, int2, binary, binary:sign, "
-           "rot:int8, rot:int4, rot:int2 (or pca:K alone), e.g. int8, pca:64+int8, rot:int4")
+           "rot:int8, rot:int4, rot:int2, rot:binary (or pca:K alone), e.g. int8, pca:64+int8, "
+           "rot:int4")
 BITS = {"float32": 32, "int8": 8, "int4": 4, "int2": 2, "binary": 1}
 _QUANT = re.compile(r"^(?:(rot)[:-])?(float32|int8|int4|int2|binary)(?::(sign|mean))?$")
 _PCA = re.compile(r"^pca:(\d+)$")
@@ -79,10 +85,11 @@ def parse_method(text: str) -> Method:
     if len(parts) != 1 or not (q := _QUANT.match(parts[0])):
         raise BadInputError(f"method {raw!r} does not parse: expected {GRAMMAR}")
     rot, quant, opt = q.group(1) is not None, q.group(2), q.group(3)
-    if opt is not None and quant != "binary":
+    if opt is not None and (quant != "binary" or rot):
         raise BadInputError(f"method {raw!r}: ':{opt}' applies to binary only ({GRAMMAR})")
-    if rot and quant not in ("int8", "int4", "int2"):
-        raise BadInputError(f"method {raw!r}: rot: takes int8, int4 or int2 ({GRAMMAR})")
+    if rot and quant not in ("int8", "int4", "int2", "binary"):
+        raise BadInputError(f"method {raw!r}: rot: takes int8, int4, int2 or binary "
+                            f"({GRAMMAR})")
     return Method(quant=quant, pca=pca, rotate=rot, sign=opt == "sign")
 
 
@@ -116,6 +123,12 @@ def unpack(packed: np.ndarray, bits: int, dims: int) -> np.ndarray:
     shifts = (8 - bits * (np.arange(per) + 1)).astype(np.uint8)
     c = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
     return c.reshape(len(packed), -1)[:, :dims]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
 
 
 def haar_rotation(dims: int, seed: int) -> np.ndarray:
@@ -172,10 +185,11 @@ class Codec:
         m, p = self.method, self.params
         if m.quant == "float32":
             return z.astype(np.float32)
+        if m.rotate:
+            z = (unit_rows(z) if m.quant == "binary" else z) - p["center"]
+            z = z @ p["rotation"].T
         if m.quant == "binary":
             return pack((z > p["threshold"]).astype(np.uint8), 1)
-        if m.rotate:
-            z = (z - p["center"]) @ p["rotation"].T
         q = np.rint((z - p["lo"]) / p["step"])
         return pack(np.clip(q, 0, self.levels - 1).astype(np.uint8), m.bits)
 
@@ -198,6 +212,8 @@ class Codec:
         elif m.quant == "binary":
             bits = unpack(codes, 1, self.code_dim).astype(bool)
             z = np.where(bits, p["high"], p["low"])
+            if m.rotate:
+                z = (z @ p["rotation"] + p["center"]) * p["scale"]
         else:
             z = p["lo"] + unpack(codes, m.bits, self.code_dim) * p["step"]
             if m.rotate:
@@ -240,8 +256,10 @@ class Codec:
             out.update(threshold=(k,), low=(k,), high=(k,))
         elif m.quant != "float32":
             out.update(lo=(k,), step=(k,))
-            if m.rotate:
-                out.update(center=(k,), rotation=(k, k))
+        if m.rotate:
+            out.update(center=(k,), rotation=(k, k))
+            if m.quant == "binary":
+                out.update(scale=(1,))
         return out
 
     def _shape_problem(self) -> str | None:
@@ -284,6 +302,13 @@ def fit(method: Method | str, x: np.ndarray, seed: int = 0, levels: int | None =
     codec = Codec(method=m, input_dim=d, params=params,
                   fit={"rows": n, "seed": seed, **dict(fit_info or {})})
     z = codec.reduce(x)
+    if m.rotate and m.quant == "binary":
+        unit = unit_rows(z)
+        center = unit.mean(axis=0)
+        rot = haar_rotation(z.shape[1], seed)
+        params.update(center=center, rotation=rot,
+                      scale=np.array([np.linalg.norm(z, axis=1).mean()]))
+        z = (unit - center) @ rot.T
     if m.quant == "binary":
         thr = np.zeros(z.shape[1]) if m.sign else z.mean(axis=0)
         above = z > thr

@@ -40,7 +40,7 @@ import numpy as np
 
 from terrastill import __version__
 from terrastill.atomic import atomic_path
-from terrastill.embeddings.compress import Codec, fit, haar_rotation
+from terrastill.embeddings.compress import Codec, fit
 from terrastill.errors import BadInputError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ FORMAT = "terrastill-index"
 VERSION = 1
 CODES = {"binary": "binary", "rot-binary": "rot:binary", "rot:binary": "rot:binary",
          "int4": "int4", "rot-int4": "rot:int4", "rot:int4": "rot:int4"}
+DEFAULT_CODE = "rot-binary"
 HAMMING = ("binary", "rot:binary")  # code methods scored by Hamming distance
 RERANKS = ("int8", "none")
 DEFAULT_PRECISION = 4
@@ -207,73 +208,12 @@ def manifest_path(index: str | os.PathLike[str]) -> Path:
     return Path(index) / "manifest.json"
 
 
-class RotatedSigns:
-    """The ``rot:binary`` code: sign bits (a ``binary`` codec of
-    :mod:`terrastill.embeddings.compress`) of ``R (x/|x| − μ)``, with μ the mean unit vector of
-    the indexed rows and R a seeded Haar-random rotation (``compress.haar_rotation``, as for
-    ``rot:int4``). Unit length: every distance the index serves is a cosine, so the code
-    ignores length too; the rotation spreads the variance of correlated dimensions over all
-    bits, so fewer bits repeat one direction and fewer rows tie at the same distance."""
-
-    def __init__(self, signs: Codec, center: np.ndarray, rotation: np.ndarray):
-        self.signs, self.center, self.rotation = signs, center, rotation
-
-    @property
-    def method(self) -> Any:
-        return self.signs.method
-
-    @property
-    def params(self) -> dict[str, np.ndarray]:
-        return self.signs.params
-
-    @property
-    def code_dim(self) -> int:
-        return self.signs.code_dim
-
-    @property
-    def bytes_per_embedding(self) -> int:
-        return self.signs.bytes_per_embedding
-
-    def _rotated(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.center):
-            raise BadInputError(f"rot:binary: vectors have {x.shape[-1]} dimensions, the "
-                                f"index expects {len(self.center)}")
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return (x / np.where(norm > 0, norm, 1.0) - self.center) @ self.rotation.T
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self.signs.encode(self._rotated(x))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes → approximate unit-direction vectors in the embedding space."""
-        return (self.signs.decode(codes).astype(np.float64) @ self.rotation
-                + self.center).astype(np.float32)
-
-    def to_meta(self) -> dict[str, Any]:
-        return self.signs.to_meta()
-
-
-def fit_code(method: str, vectors: np.ndarray, seed: int = 0) -> Codec | RotatedSigns:
+def fit_code(method: str, vectors: np.ndarray, seed: int = 0) -> Codec:
     """The index's code codec for ``method`` (a :data:`CODES` value), fitted on every row."""
-    info = {"split": "all rows indexed"}
-    if method != "rot:binary":
-        return fit(method, vectors, seed=seed, fit_info=info)
-    x = np.asarray(vectors, np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = x / np.where(norm > 0, norm, 1.0)
-    center = unit.mean(axis=0)
-    rot = haar_rotation(x.shape[1], seed)
-    return RotatedSigns(fit("binary", (unit - center) @ rot.T, seed=seed, fit_info=info),
-                        center, rot)
+    return fit(method, vectors, seed=seed, fit_info={"split": "all rows indexed"})
 
 
-def _rotation_meta(codec: RotatedSigns) -> dict[str, Any]:
-    return {"normalize": "l2", "center": codec.center.tolist(),
-            "rotation_file": "rotation.npy"}
-
-
-def _codec_meta(codec: Codec | RotatedSigns) -> dict[str, Any]:
+def _codec_meta(codec: Codec) -> dict[str, Any]:
     meta = codec.to_meta()
     if "rotation" in meta["params"]:
         meta["params"] = {k: v for k, v in meta["params"].items() if k != "rotation"}
@@ -293,18 +233,15 @@ def _codec_from(meta: dict[str, Any], index: Path, where: str) -> Codec:
     return Codec.from_meta(meta, where)
 
 
-def _rotated_from(m: dict[str, Any], signs: Codec, root: Path, mp: Path) -> RotatedSigns:
-    meta = m["code_rotation"]
-    f = root / meta["rotation_file"]
-    try:
-        rot = np.load(f)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{f}: cannot read the index's rotation ({exc})") from None
-    center = np.asarray(meta["center"], np.float64)
-    d = int(m["dim"])
-    if rot.shape != (d, d) or center.shape != (d,) or not np.isfinite(rot).all():
-        raise BadInputError(f"{mp}: the rot:binary rotation or centre does not fit {d} dims")
-    return RotatedSigns(signs, center, rot)
+def _legacy_rot_binary(m: dict[str, Any]) -> dict[str, Any]:
+    """The ``rot:binary`` code meta of an index written before ``compress`` had the method
+    (a ``binary`` codec beside a ``code_rotation`` entry): the same codes, in today's form.
+    Those indexes decoded to unit directions, hence scale 1."""
+    meta = dict(m["code"]["codec"])
+    rot = m["code_rotation"]
+    meta.update(method="rot:binary", rotation_file=rot["rotation_file"],
+                params={**meta["params"], "center": rot["center"], "scale": [1.0]})
+    return meta
 
 
 def _shard_table(rows: SourceRows, codes: np.ndarray, rerank: np.ndarray | None) -> Any:
@@ -408,7 +345,7 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
     if dup.any():
         raise BadInputError(f"id {frame['id'][dup].iloc[0]!r} appears twice in the input")
     if old is None:
-        method = CODES[(code or "binary").lower()]
+        method = CODES[(code or DEFAULT_CODE).lower()]
         rr = (rerank or "int8").lower()
         prec = precision or DEFAULT_PRECISION
         codec = fit_code(method, vectors, seed=seed)
@@ -418,8 +355,6 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
             "format": FORMAT, "version": VERSION, "model": model, "dim": int(dim),
             "code": {"method": method, "bytes": codec.bytes_per_embedding,
                      "distance": DISTANCES[method], "codec": _codec_meta(codec)},
-            **({"code_rotation": _rotation_meta(codec)} if isinstance(codec, RotatedSigns)
-               else {}),
             "rerank": None if rcodec is None else {
                 "method": "int8", "bytes": rcodec.bytes_per_embedding,
                 "distance": RERANK_DISTANCE, "codec": _codec_meta(rcodec)},
@@ -443,8 +378,7 @@ def build_index(sources: Sequence[str | os.PathLike[str]], out: str | os.PathLik
         # entered first, renamed last: the manifest names only shards already in place
         man_tmp = stack.enter_context(atomic_path(manifest_path(out)))
         rot_tmp = None
-        rotation = codec.rotation if isinstance(codec, RotatedSigns) else \
-            codec.params.get("rotation")
+        rotation = codec.params.get("rotation")
         if old is None and rotation is not None:
             rot_tmp = stack.enter_context(atomic_path(out / "rotation.npy"))
             with open(rot_tmp, "wb") as fh:
@@ -511,7 +445,7 @@ class SearchIndex:
 
     path: Path
     manifest: dict[str, Any]
-    codec: Codec | RotatedSigns
+    codec: Codec
     rerank_codec: Codec | None
     shards: list[ShardInfo]
 
@@ -685,9 +619,8 @@ def read_manifest(index: str | os.PathLike[str]) -> SearchIndex:
             raise ValueError(f"version {m['version']} is newer than {VERSION}")
         shards = [ShardInfo(str(s["geohash"]), str(s["path"]), int(s["rows"]),
                             tuple(float(v) for v in s["bbox"])) for s in m["shards"]]
-        codec: Codec | RotatedSigns = _codec_from(m["code"]["codec"], root, f"{mp} code")
-        if m["code"]["method"] == "rot:binary":
-            codec = _rotated_from(m, codec, root, mp)
+        code_meta = _legacy_rot_binary(m) if "code_rotation" in m else m["code"]["codec"]
+        codec = _codec_from(code_meta, root, f"{mp} code")
         rcodec = None if not m.get("rerank") else \
             _codec_from(m["rerank"]["codec"], root, f"{mp} rerank")
     except (ValueError, KeyError, TypeError) as exc:
