@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from terrastill.errors import BadInputError, NotFoundError
 log = logging.getLogger(__name__)
 
 
-def _absolute_hrefs(item: pystac.Item, root: Path) -> pystac.Item:
+def _absolute_hrefs(item: pystac.Item, root: str) -> pystac.Item:
+    """Relative asset hrefs made absolute against ``root`` (already resolved): joined and
+    normalised as strings, one ``resolve`` per catalogue instead of one per asset."""
     for asset in item.assets.values():
         href = asset.href
-        if "://" not in href and not Path(href).is_absolute():
-            asset.href = str((root / href).resolve())
+        if "://" not in href and not os.path.isabs(href):
+            asset.href = os.path.normpath(os.path.join(root, href))
     return item
 
 
@@ -38,7 +41,7 @@ class LocalCatalog:
         self._tree = shapely.STRtree(self._geoms) if self._geoms else None
 
     def _load(self) -> list[pystac.Item]:
-        root = self.path.parent
+        root = str(self.path.parent.resolve())
         if self.path.suffix in (".parquet", ".geoparquet"):
             try:
                 import stac_geoparquet.arrow as sga  # optional dependency
