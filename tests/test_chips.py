@@ -113,6 +113,24 @@ def _epsg(href: str) -> int:
     return _raster(href)[2]
 
 
+def test_train_statistics_come_from_the_records_and_equal_the_files(flood_chips, tmp_path):
+    from terrastill.data.splits import band_stats
+
+    ds = json.loads((flood_chips / "dataset.json").read_text())
+    index = gpd.read_parquet(flood_chips / "index.parquet")
+    train = sorted(index.loc[index["split"] == "train", "id"])
+    paths = [flood_chips / "chips" / f"{i}.tif" for i in train]
+    # read back from every written file: the same numbers to the bit as the records' sums
+    assert band_stats(paths, 6) == (ds["stats"]["mean"], ds["stats"]["std"])
+    recs = {i: json.loads((flood_chips / "records" / f"{i}.json").read_text())["band_sums"]
+            for i in train}
+    # with every chip's sums known, no file is opened (these paths do not exist)
+    gone = [tmp_path / f"{i}.tif" for i in train]
+    assert band_stats(gone, 6, recs) == (ds["stats"]["mean"], ds["stats"]["std"])
+    with pytest.raises(rasterio.RasterioIOError):
+        band_stats(gone, 6, {k: v for k, v in recs.items() if k != train[0]})
+
+
 def test_chip_pixels_equal_source_cogs_at_the_same_map_coordinate(flood_chips):
     """Sampled pixels of every step equal the scaled, masked source value, read independently
     with rasterio at the same map coordinate — including pixels taken from the neighbouring

@@ -39,7 +39,7 @@ from terrastill.data.plan import (
 )
 from terrastill.data.rasters import write_raster
 from terrastill.data.read import read_asset
-from terrastill.data.splits import assign_splits, band_stats
+from terrastill.data.splits import assign_splits, band_stats, chip_band_sums
 from terrastill.errors import AssetReadError, BadInputError, NoImageryError
 from terrastill.scale import dask_client
 
@@ -160,7 +160,8 @@ def process_task(task: ChipTask, job: ChipJob, out: str, num_classes: int) -> di
                  ["label"], {"observation_date": task.date.isoformat()})
     return {**rec, "status": "ok", "steps": steps, "valid_fraction": round(frac, 6),
             "cloud_fraction": round(chip.cloud_fraction, 6),
-            "label_counts": label_counts(labels, num_classes)}
+            "label_counts": label_counts(labels, num_classes),
+            "band_sums": chip_band_sums(chip.array)}
 
 
 def raster_labels(path: str, grid: GridSpec, num_classes: int) -> np.ndarray:
@@ -457,7 +458,8 @@ def finalize(out: Path, records: list[dict], row_rejects: pd.DataFrame,
         index["split"] = pd.Series(dtype=object)
     obs_lookup = _obs_lookup(out) if obs is None else _lookup(obs)
     rejects = _rejects_frame(row_rejects, group_rejects, bad, obs_lookup)
-    dataset = dataset_json(out, index, rejects, class_names, job, catalog, command)
+    sums = {r["id"]: r["band_sums"] for r in ok if "band_sums" in r}
+    dataset = dataset_json(out, index, rejects, class_names, job, catalog, command, sums)
     add_index_stats(out, dataset, index, indices)
     write_index(out, index)
     with atomic_path(out / "rejected.csv") as tmp:
@@ -487,12 +489,15 @@ def write_index(out: Path, index: gpd.GeoDataFrame) -> None:
 
 
 def dataset_json(out: Path, index: gpd.GeoDataFrame, rejects: pd.DataFrame,
-                 class_names: list[str], job: ChipJob, catalog: str, command: str) -> dict:
-    """The dataset description, with per-band mean/std over the train split."""
+                 class_names: list[str], job: ChipJob, catalog: str, command: str,
+                 band_sums: dict[str, dict] | None = None) -> dict:
+    """The dataset description, with per-band mean/std over the train split (from the chips'
+    ``band_sums`` where their records have them, else from their files)."""
     read = job.read.to_dict()
     train_ids = list(index.loc[index["split"] == "train", "id"]) if len(index) else []
     ids = train_ids or list(index["id"])
-    mean, std = band_stats([out / "chips" / f"{i}.tif" for i in ids], len(read["bands"]))
+    mean, std = band_stats([out / "chips" / f"{i}.tif" for i in ids], len(read["bands"]),
+                           band_sums)
     counts_by_split = {s: int((index["split"] == s).sum()) if len(index) else 0
                        for s in ("train", "val", "test")}
     labels = (np.sum(np.stack([np.asarray(c) for c in index["label_counts"]]), axis=0).tolist()

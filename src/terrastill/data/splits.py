@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,23 +73,42 @@ def assign_splits(
     return pd.Series(split, index=index.index, name="split")
 
 
-def band_stats(chip_paths: Sequence[Path], num_bands: int) -> tuple[list[float], list[float]]:
+def chip_band_sums(array: np.ndarray) -> dict[str, list[float]]:
+    """Per-band sum, sum of squares and count of the finite values of one (T, C, H, W) chip,
+    pooled over time: what :func:`band_stats` adds up, kept in a chip's record so that the
+    statistics need no second pass over the written files."""
+    arr = np.asarray(array).astype(np.float64)
+    out: dict[str, list[float]] = {"sum": [], "sumsq": [], "count": []}
+    for b in range(arr.shape[1]):
+        v = arr[:, b][np.isfinite(arr[:, b])]
+        out["sum"].append(float(v.sum()))
+        out["sumsq"].append(float(np.square(v).sum()))
+        out["count"].append(float(v.size))
+    return out
+
+
+def band_stats(chip_paths: Sequence[Path], num_bands: int,
+               known: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+               ) -> tuple[list[float], list[float]]:
     """Per-band mean and std over valid pixels of the given chips, pooled over time steps.
 
-    Chip files hold ``T*C`` bands, time-major; band ``b`` of every step is pooled.
+    Chip files hold ``T*C`` bands, time-major; band ``b`` of every step is pooled. ``known``
+    maps a chip's file stem to its :func:`chip_band_sums` (from its record); those chips are
+    not read again, and the result is the same to the bit.
     """
     s = np.zeros(num_bands, dtype=np.float64)
     ss = np.zeros(num_bands, dtype=np.float64)
     n = np.zeros(num_bands, dtype=np.float64)
+    known = known or {}
     for p in sorted(chip_paths):
-        with rasterio.open(p) as ds:
-            arr = ds.read().astype(np.float64)
-        arr = arr.reshape(-1, num_bands, *arr.shape[1:])
-        for b in range(num_bands):
-            v = arr[:, b][np.isfinite(arr[:, b])]
-            s[b] += v.sum()
-            ss[b] += np.square(v).sum()
-            n[b] += v.size
+        got = known.get(Path(p).stem)
+        if got is None or len(got["sum"]) != num_bands:
+            with rasterio.open(p) as ds:
+                arr = ds.read()
+            got = chip_band_sums(arr.reshape(-1, num_bands, *arr.shape[1:]))
+        s += np.asarray(got["sum"], np.float64)
+        ss += np.asarray(got["sumsq"], np.float64)
+        n += np.asarray(got["count"], np.float64)
     mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
     var = np.divide(ss, n, out=np.zeros_like(s), where=n > 0) - mean**2
     std = np.sqrt(np.clip(var, 0, None))
