@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from terrastill.cli import app
+from terrastill.errors import BadInputError
 from terrastill.training.bootstrap import (
     confusion_intervals,
     per_chip_confusion,
@@ -72,6 +73,41 @@ def test_regression_intervals():
     assert ci["rmse"][1] == pytest.approx(0.5, abs=1e-6)
 
 
+def test_event_truth_holds_by_the_chips_last_image_not_its_date(tmp_path):
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from rasterio.transform import from_origin
+
+    from terrastill.training.reference import Reference, apply_reference, last_image_dates
+
+    day = dt.date.fromisoformat
+    index = pd.DataFrame({
+        "id": ["before", "after", "late", "nosteps"],
+        "date": ["2024-06-21", "2024-06-21", "2024-06-10", "2024-06-25"],
+        "step_dates": [["2024-06-04", "2024-06-18"], ["2024-06-18", "2024-06-20"],
+                       ["2024-06-01", "2024-06-30"], []],
+        "epsg": 32632, "transform": [[10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0]] * 4,
+        "width": 4, "height": 4})
+    assert last_image_dates(index) == [day("2024-06-18"), day("2024-06-20"), day("2024-06-30"),
+                                       day("2024-06-25")]
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(truth, "w", driver="GTiff", width=8, height=8, count=1, dtype="int16",
+                       crs="EPSG:32632", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.ones((1, 8, 8), np.int16))
+
+    # the attributes of a ChipDataset that apply_reference uses
+    ds = SimpleNamespace(task="segmentation", split="test", index=index, ids=[], transform=None)
+    flood = Reference({32632: truth}, day("2024-06-20"), day("2024-07-01"))
+    # "before" is dated after the flood began but its last image (Jun 18) shows none of it
+    assert apply_reference(ds, flood) == 1
+    assert ds.ids == ["after", "late", "nosteps"]
+    ds.index = index[index["id"] == "before"]
+    with pytest.raises(BadInputError, match="last image"):
+        apply_reference(ds, flood)
+
+
 @pytest.mark.slow
 def test_evaluate_reports_intervals_and_scores_against_the_world(flood_model, flood_dataset,
                                                                  small_world, tmp_path):
@@ -92,8 +128,13 @@ def test_evaluate_reports_intervals_and_scores_against_the_world(flood_model, fl
     dense = json.loads(out_ref.read_text())
     ref = dense["reference"]
     assert dense["labels"] == "reference" and len(ref["rasters"]) == 2  # two UTM zones
-    # the flood truth holds from the flood on: chips dated before it are left out
+    # the flood truth holds from the flood on: chips whose last image predates it are left out
     assert ref["valid_from"] == small_world["flood_date"] and ref["chips_left_out"] > 0
+    import geopandas as gpd
+
+    index = gpd.read_parquet(flood_dataset / "index.parquet")
+    last = [max(str(d) for d in steps) for steps in index["step_dates"]]
+    assert ref["chips_left_out"] == sum(d < str(small_world["flood_date"]) for d in last)
     assert dense["n_chips"] + ref["chips_left_out"] == sparse["n_chips"]
     # every valid pixel of every chip is scored, not the few labelled ones
     assert dense["n_pixels"] > 5 * sparse["n_pixels"]

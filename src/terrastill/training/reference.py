@@ -133,19 +133,32 @@ class ReferenceLabels:
         return item
 
 
+def last_image_dates(index: Any) -> list[dt.date]:
+    """Per chip, the date of its latest acquisition (the last of ``step_dates``; the chip's
+    own date where an index has no step dates): what its input shows last."""
+    days = []
+    for row in index.itertuples():
+        raw = getattr(row, "step_dates", None)
+        steps = [str(d)[:10] for d in ([] if raw is None else list(raw)) if d]
+        days.append(dt.date.fromisoformat(max(steps) if steps else str(row.date)[:10]))
+    return days
+
+
 def apply_reference(dataset: Any, ref: Reference) -> int:
-    """Make a :class:`ChipDataset` split score against ``ref``: chips dated outside the dates
-    the reference holds for are left out (their count is returned), the rest get the
-    reference as labels."""
+    """Make a :class:`ChipDataset` split score against ``ref``: chips whose input does not
+    show the reference's state are left out (their count is returned), the rest get the
+    reference as labels. A dated reference (an event's truth, such as a flood's extent) holds
+    for a chip when the chip's **latest acquisition** falls within its dates: a chip dated
+    after the event began but whose last image predates it shows no event, whatever its
+    observation date says."""
     if dataset.task != "segmentation":
         raise BadInputError(f"--reference scores segmentation models; this one is for "
                             f"{dataset.task}")
-    days = [dt.date.fromisoformat(str(d)[:10]) for d in dataset.index["date"]]
-    keep = [ref.holds_on(d) for d in days]
+    keep = [ref.holds_on(d) for d in last_image_dates(dataset.index)]
     if not any(keep):
         raise BadInputError(f"--reference holds from {ref.valid_from} until "
                             f"{ref.valid_until or 'the end'}: no chip of split "
-                            f"{dataset.split!r} is dated then")
+                            f"{dataset.split!r} has its last image dated then")
     dataset.index = dataset.index[keep].reset_index(drop=True)
     dataset.ids = [str(i) for i in dataset.index["id"]]
     dataset.transform = ReferenceLabels(dataset.index, ref.rasters)
