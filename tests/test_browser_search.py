@@ -26,7 +26,10 @@ NEGATIVE = (11.995, 45.285)  # patch p9_8, cluster c2 (both in the view at zoom 
 def server(tmp_path):
     indexes = tmp_path / "indexes"
     table = make_table(tmp_path / "t.parquet", y0=45.25)
-    build_index([table], indexes / "demo", precision=5)
+    # plain sign bits: on these 32-dim synthetic clusters they rank all 20 cluster-c0 patches
+    # of the view first without re-ranking, which the flow below checks (the default
+    # rot-binary code is served by test_search_api)
+    build_index([table], indexes / "demo", code="binary", precision=5)
     settings = Settings(models_dir=make_models(tmp_path / "models"), data_dir=tmp_path / "data",
                         indexes_dir=indexes)
     app = create_app(settings, predict_fn=fake_predict, request_cls=PredictRequest,
