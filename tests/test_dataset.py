@@ -31,6 +31,23 @@ def test_normalize_chip_nan_and_layout():
         normalize_chip(arr, mean[:2], std)
 
 
+def test_normalize_chip_equals_the_plain_formula_to_the_bit():
+    """The one-pass layout gives exactly np.where(finite, (a − m) / s, 0), swapped to C, T."""
+    rng = np.random.default_rng(7)
+    arr = (rng.random((4, 3, 5, 9, 7)) * 3000).astype(np.float32)  # N, T, C, H, W
+    arr[rng.random(arr.shape) < 0.1] = np.nan
+    arr[0, 0, 0, 0, 0] = np.inf
+    mean = rng.random(5) * 1000
+    std = np.concatenate([[0.0], rng.random(4) * 300])
+    x, _ = normalize_chip(arr, mean, std)
+    m = np.float32(mean).reshape(-1, 1, 1)
+    s = np.where(np.float32(std) > 0, np.float32(std), np.float32(1)).reshape(-1, 1, 1)
+    ref = np.where(np.isfinite(arr), (arr - m) / s, np.float32(0)).astype(np.float32)
+    ref = np.ascontiguousarray(np.swapaxes(ref, -4, -3))
+    assert x.is_contiguous() and x.shape == ref.shape
+    assert np.array_equal(x.numpy().view(np.uint32), ref.view(np.uint32))
+
+
 def test_normalize_chip_stack_equals_each_chip():
     """A stack of chips normalises to what each chip gives alone."""
     rng = np.random.default_rng(3)

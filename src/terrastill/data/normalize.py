@@ -35,8 +35,13 @@ def normalize_chip(
     finite = np.isfinite(a)
     band_ok = finite.all(axis=-3)  # (..., T, H, W): every band present at this step
     valid = band_ok.all(axis=-3) if require == "all" else band_ok.any(axis=-3)
-    x = np.where(finite, (a - m) / s, np.float32(0.0)).astype(np.float32)
-    x = np.ascontiguousarray(np.swapaxes(x, -4, -3))
+    # (a - m) / s written straight into the (..., C, T, H, W) layout, nodata then 0: the same
+    # float32 operations as np.where(finite, (a - m) / s, 0), one pass instead of three copies
+    av = np.swapaxes(a, -4, -3)
+    x = np.empty(av.shape, np.float32)
+    np.subtract(av, m[:, None], out=x)
+    np.divide(x, s[:, None], out=x)
+    np.copyto(x, np.float32(0.0), where=~np.swapaxes(finite, -4, -3))
     return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(valid))
 
 
