@@ -315,7 +315,11 @@ def read_chips(
                     f"compositing every {title} acquisition within ±{tol} days "
                     f"(limit {limit:g}%)"))
                 continue
-            out.append(ChipRead(np.stack([s.data for s in steps]), grid, shared.bands, steps))
+            # the steps are views of the shared reads until here: one copy, into the chip,
+            # and each step then views its part of the chip (no read region stays alive)
+            arr = np.stack([s.data for s in steps])
+            steps = [dataclasses.replace(s, data=arr[k]) for k, s in enumerate(steps)]
+            out.append(ChipRead(arr, grid, shared.bands, steps))
     return out
 
 
@@ -364,9 +368,10 @@ def _untraced(exc: Exception) -> Exception:
 
 
 def _cut_step(shared: _SharedReads, acq: Acquisition, cut: tuple) -> StepRead:
-    """One window's part of an acquisition read over the shared region."""
+    """One window's part of an acquisition read over the shared region (a view of it: callers
+    copy what they keep)."""
     whole = shared.step(acq.key)
-    data = np.ascontiguousarray(whole.data[(slice(None), *cut)])
+    data = whole.data[(slice(None), *cut)]
     # a pixel is either valid in every band or NaN in every band (see read_acquisition)
     return StepRead(data, shared.share(acq.key, "missing", cut),
                     shared.share(acq.key, "cloud", cut), acq, whole.hrefs)
