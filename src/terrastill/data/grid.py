@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
@@ -176,8 +178,38 @@ def union_grid(grids: Sequence[GridSpec]) -> GridSpec:
                     int(round((maxx - minx) / res)), int(round((maxy - miny) / res)))
 
 
-@lru_cache(maxsize=8192)
+_FOOTPRINTS: OrderedDict[tuple[GridSpec, int], tuple[float, float, float, float]] = OrderedDict()
+_FOOTPRINTS_MAX = 8192
+
+
 def _lonlat_bounds(grid: GridSpec, densify: int) -> tuple[float, float, float, float]:
     """Cached: prediction asks for each window's footprint more than once."""
-    return to_crs(box(*grid.bounds).segmentize(grid.resolution * densify), grid.epsg,
-                  4326).bounds
+    hit = _FOOTPRINTS.get((grid, densify))
+    return hit if hit is not None else lonlat_bounds_many([grid], densify)[0]
+
+
+def lonlat_bounds_many(grids: Sequence[GridSpec], densify: int = 8
+                       ) -> list[tuple[float, float, float, float]]:
+    """:meth:`GridSpec.lonlat_bounds` of many grids, with one reprojection call per CRS for
+    those not cached yet (a prediction's windows: thousands). Each footprint is the same
+    densified box through the same transformer as one at a time, so the floats are equal;
+    the results are cached for later single calls."""
+    out: list[tuple[float, float, float, float] | None] = [None] * len(grids)
+    todo: dict[int, list[int]] = {}
+    for i, g in enumerate(grids):
+        out[i] = _FOOTPRINTS.get((g, densify))
+        if out[i] is None:
+            todo.setdefault(g.epsg, []).append(i)
+    for epsg, idx in todo.items():
+        b = np.array([grids[i].bounds for i in idx], np.float64)
+        res = np.array([grids[i].resolution * densify for i in idx], np.float64)
+        geoms = shapely.segmentize(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), res)
+        if epsg != 4326:
+            geoms = shapely.transform(geoms, _transformer(epsg, 4326).transform,
+                                      interleaved=False)
+        for i, row in zip(idx, shapely.bounds(geoms).tolist(), strict=True):
+            out[i] = (row[0], row[1], row[2], row[3])
+            _FOOTPRINTS[(grids[i], densify)] = out[i]
+    while len(_FOOTPRINTS) > _FOOTPRINTS_MAX:
+        _FOOTPRINTS.popitem(last=False)
+    return [o for o in out if o is not None]
