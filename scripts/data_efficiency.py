@@ -225,15 +225,35 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
-def report(rows: list[dict[str, Any]], out: Path) -> str:
-    """Mean ± standard deviation over seeds per size and arm, and the paired difference."""
+def paired_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided Student-t interval (NaN below 2 pairs)."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float)
+    mean = float(d.mean()) if len(d) else float("nan")
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def _ci(lo: float, hi: float) -> str:
+    return "–" if np.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def report(rows: list[dict[str, Any]], out: Path, small: int = 50) -> str:
+    """Per size and arm: mean ± standard deviation over seeds, the paired difference with its
+    95 % t-interval over seeds, and one pooled row over every (size ≤ ``small``, seed) pair —
+    the issue's target."""
     frame = pd.DataFrame(rows)
     lines = []
     for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != "scratch"):
         first = next(r for r in rows if r["arm"] == arm)
         lines += [f"{arm}: from {first['weights']}, {arm_recipe(first)}", "",
                   "| training observations (chips), mean over seeds | scratch mIoU | pretrained "
-                  "mIoU | Δ (paired) | seeds ahead | seeds |", "|---|---:|---:|---:|---:|---:|"]
+                  "mIoU | Δ (paired) | 95 % interval of Δ | seeds ahead | seeds |",
+                  "|---|---:|---:|---:|---|---:|---:|"]
+        pooled: list[float] = []
         for size in dict.fromkeys(r["size"] for r in rows):
             sub = frame[frame["size"] == size]
             s = sub[sub["arm"] == "scratch"].set_index("seed")
@@ -242,12 +262,19 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
             if not len(both):
                 continue
             s, p = s.loc[both], p.loc[both]
-            d = p["miou"] - s["miou"]
+            d = (p["miou"] - s["miou"]).to_numpy()
+            if size != "all" and int(size) <= small:
+                pooled += list(d)
+            mean, lo, hi = paired_interval(d)
             lines.append(f"| {size}: {s['observations'].mean():.0f} ({s['chips'].mean():.0f}) "
                          f"| {s['miou'].mean():.3f} ± {s['miou'].std(ddof=0):.3f} | "
                          f"{p['miou'].mean():.3f} ± {p['miou'].std(ddof=0):.3f} | "
-                         f"{d.mean():+.3f} ± {d.std(ddof=0):.3f} | {int((d > 0).sum())} | "
-                         f"{len(both)} |")
+                         f"{mean:+.3f} | {_ci(lo, hi)} | {int((d > 0).sum())} | {len(both)} |")
+        if pooled:
+            mean, lo, hi = paired_interval(np.array(pooled))
+            ahead = int((np.array(pooled) > 0).sum())
+            lines.append(f"| pooled, ≤ {small} observations | | | {mean:+.3f} | {_ci(lo, hi)} "
+                         f"| {ahead} | {len(pooled)} pairs |")
         lines.append("")
     md = "\n".join(lines)
     (out / "data_efficiency.md").write_text(md)

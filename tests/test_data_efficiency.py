@@ -1,0 +1,54 @@
+"""scripts/data_efficiency.py's report: paired differences with t-intervals and a pooled row."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "data_efficiency.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("data_efficiency", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_interval_is_students_t():
+    mod = _script()
+    mean, lo, hi = mod.paired_interval(np.array([0.1, 0.2, 0.3]))
+    # mean 0.2, sd 0.1, n 3: half-width t(0.975, 2) = 4.3027 × 0.1 / sqrt(3)
+    assert mean == pytest.approx(0.2)
+    assert hi - mean == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert mean - lo == pytest.approx(hi - mean)
+    one = mod.paired_interval(np.array([0.4]))
+    assert one[0] == pytest.approx(0.4) and math.isnan(one[1]) and math.isnan(one[2])
+
+
+def test_report_gives_intervals_and_the_pooled_small_sizes(tmp_path):
+    mod = _script()
+    rows = []
+    deltas = {"10": [0.1, 0.2, 0.3], "50": [0.0, 0.1, -0.1], "100": [0.5, 0.5, 0.5]}
+    for size, ds in deltas.items():
+        for seed, d in enumerate(ds):
+            base = {"size": size, "seed": seed, "chips": 3, "observations": int(size),
+                    "water_iou": None, "pixels": 10, "seconds": 0.0}
+            rows.append({**base, "arm": "scratch", "weights": None, "encoder_lr_scale": 1.0,
+                         "layer_decay": 1.0, "miou": 0.5})
+            rows.append({**base, "arm": "pretrained", "weights": "m.pt",
+                         "encoder_lr_scale": 1.0, "layer_decay": 1.0, "miou": 0.5 + d})
+    md = mod.report(rows, tmp_path)
+    lines = md.splitlines()
+    ten = next(line for line in lines if line.startswith("| 10:"))
+    _, lo, hi = mod.paired_interval(np.array(deltas["10"]))
+    assert f"[{lo:+.3f}, {hi:+.3f}]" in ten and "| 3 | 3 |" in ten
+    pooled = next(line for line in lines if line.startswith("| pooled, ≤ 50"))
+    mean, lo, hi = mod.paired_interval(np.array(deltas["10"] + deltas["50"]))
+    assert f"{mean:+.3f}" in pooled and f"[{lo:+.3f}, {hi:+.3f}]" in pooled
+    assert "| 4 | 6 pairs |" in pooled  # size 100 stays out of the pooled row
+    assert (tmp_path / "data_efficiency.md").read_text() == md
