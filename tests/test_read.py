@@ -156,3 +156,103 @@ def test_landsat_mosaic_masks_the_clouds_of_every_item(tmp_path):
     np.testing.assert_array_equal(masked, expected)
     assert step.cloud_fraction == pytest.approx(12 / 200)
     assert np.isfinite(step.data[:, :, 10:]).any() and (step.data[2, 0, :10] > 0).all()
+
+
+def _landsat_items(tmp_path: Path, bands: dict[int, dict[str, np.ndarray]],
+                   x0: float, y0: float) -> list[dict]:
+    """Landsat items of 10×10 pixels, item k shifted 5 pixels east per k, with the given
+    per-band DN arrays (the others 10_000 + k; QA clear)."""
+    items = []
+    for k in sorted(bands):
+        assets = {}
+        for key in ("qa_pixel", "blue", "green", "red", "nir08", "swir16", "swir22"):
+            path = tmp_path / f"item{k}_{key}.tif"
+            default = np.zeros((10, 10), np.uint16) if key == "qa_pixel" else \
+                np.full((10, 10), 10_000 + k, np.uint16)
+            with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1,
+                               dtype="uint16", crs="EPSG:32633",
+                               nodata=None if key == "qa_pixel" else 0,
+                               transform=Affine(30, 0, x0 + 150 * k, 0, -30, y0)) as dst:
+                dst.write(bands[k].get(key, default), 1)
+            assets[key] = {"href": str(path)}
+        items.append({"id": f"item{k}", "collection": "landsat-c2-l2", "assets": assets,
+                      "properties": {"datetime": "2024-06-01T10:00:00Z", "proj:epsg": 32633}})
+    return items
+
+
+def test_acquisition_mosaics_each_band_and_masks_a_pixel_any_band_lacks(tmp_path):
+    """Each band is mosaicked first-valid-wins (a hole in the first item's band is filled
+    by the second item); a pixel that some band has in no item is NaN in every band, as are
+    the pixels outside ``need`` and those no item reaches; the rest hold every band's
+    reflectance."""
+    from terrastill.data.read import Acquisition, read_acquisition
+    from terrastill.sources import get_profile
+
+    profile = get_profile("landsat")
+    x0, y0 = 500_010.0, 5_000_010.0
+    red0 = np.full((10, 10), 20_000, np.uint16)
+    red0[1, 7] = 0  # a hole the second item fills (it reaches columns 5-14)
+    red0[1, 2] = 0  # a hole nothing fills: NaN in every band
+    blue1 = np.full((10, 10), 30_000, np.uint16)
+    items = _landsat_items(tmp_path, {0: {"red": red0}, 1: {"blue": blue1}}, x0, y0)
+    grid = GridSpec(32633, Affine(30, 0, x0, 0, -30, y0), 20, 10)
+    need = np.ones((10, 20), dtype=bool)
+    need[8:, :] = False
+    step = read_acquisition(Acquisition("landsat-c2-l2", "2024-06-01", tuple(items)), profile,
+                            profile.band_names, grid, profile.default_mask, need=need)
+
+    def refl(dn: int) -> np.float32:
+        return profile.to_reflectance(np.array([dn], np.uint16), {})[0]
+
+    names = list(profile.band_names)
+    expected = np.full((len(names), 10, 20), np.nan, np.float32)
+    for b, name in enumerate(names):
+        first = 20_000 if name == "red" else 10_000
+        second = 30_000 if name == "blue" else 10_001
+        expected[b, :, :10] = refl(first)
+        expected[b, :, 10:15] = refl(second)
+        if name == "red":
+            expected[b, 1, 7] = refl(second)
+    expected[:, 1, 2] = np.nan  # red has it in no item
+    expected[:, :, 15:] = np.nan  # no item reaches
+    expected[:, 8:, :] = np.nan  # not needed
+    np.testing.assert_array_equal(step.data, expected)
+    invalid = np.isnan(expected[0])
+    assert step.invalid_fraction == invalid.sum() / invalid.size
+    assert step.cloud_fraction == 0.0
+    assert step.hrefs["red"] == [items[0]["assets"]["red"]["href"],
+                                 items[1]["assets"]["red"]["href"]]
+
+
+def test_reprojected_bands_of_one_grid_share_one_gather_plan(small_world):
+    """Reading several files on the same source grid over the same part of a target grid
+    works out where each pixel comes from once; :func:`close_datasets` forgets it."""
+    from terrastill.data import read as read_mod
+
+    grid = _grid_over_the_boundary(small_world)
+    tile = next(t for t in small_world["tiles"] if t["epsg"] != grid.epsg)
+    scene = sorted((Path(small_world["root"]) / "scenes" / tile["id"]).glob("*"))[0]
+    files = [str(scene / f"{b}.tif") for b in ("B02", "B03", "B04", "Fmask")]
+    read_mod.close_datasets()
+    for href in files:
+        fill = 255 if href.endswith("Fmask.tif") else -9999
+        np.testing.assert_array_equal(read_asset(href, grid, fill=fill),
+                                      _warped(href, grid, fill))
+    info = read_mod._gather.cache_info()
+    assert (info.misses, info.hits) == (1, len(files) - 1)
+    read_mod.close_datasets()
+    assert read_mod._gather.cache_info().currsize == 0
+
+
+def test_reads_decode_tiles_on_every_core_unless_told(monkeypatch):
+    """Reads run with GDAL's multi-threaded decoding of tiled files (the same pixels in less
+    time); a ``GDAL_NUM_THREADS`` environment variable still wins."""
+    from rasterio.env import getenv
+
+    from terrastill.data.read import gdal_session, read_env
+
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    with gdal_session():
+        assert getenv()["GDAL_NUM_THREADS"] == "ALL_CPUS"
+    monkeypatch.setenv("GDAL_NUM_THREADS", "1")
+    assert "GDAL_NUM_THREADS" not in read_env()

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -112,7 +113,18 @@ def _shrink(todo: np.ndarray, r0: int, r1: int, c0: int,
 
 def gdal_session() -> contextlib.AbstractContextManager:
     """A GDAL environment for a batch of reads (reused when one is already active)."""
-    return contextlib.nullcontext() if hasenv() else rasterio.Env(**gdal_env())
+    return contextlib.nullcontext() if hasenv() else rasterio.Env(**read_env())
+
+
+def read_env() -> dict[str, str | int]:
+    """GDAL options for reading: :func:`~terrastill.io_http.gdal_env`, and tiled files'
+    tiles decoded on every core (``GDAL_NUM_THREADS=ALL_CPUS`` unless the environment
+    variable says otherwise): a read that meets several tiles decodes them in parallel, the
+    same pixels in a fraction of the time while the model waits for them."""
+    env = gdal_env()
+    if "GDAL_NUM_THREADS" not in os.environ:
+        env["GDAL_NUM_THREADS"] = "ALL_CPUS"
+    return env
 
 
 MAX_OPEN_DATASETS = 512  # per thread; the least recently used is closed beyond it
@@ -155,6 +167,7 @@ def close_datasets() -> None:
     for href in list(_DATASETS.open):
         _DATASETS.drop(href)
     pixel_map.cache_clear()
+    _gather.cache_clear()
 
 
 def open_assets() -> list[str]:
@@ -218,9 +231,7 @@ def _read_part(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
         return None
     r0, r1, c0, c1 = part
     if resampling == Resampling.nearest:
-        out = np.full((r1 - r0, c1 - c0), fill, dtype=dtype)
-        _read_nearest(src, grid, band, fill, out, part)
-        return part, out
+        return part, _read_nearest(src, grid, band, fill, dtype, part)
     # tiny tolerance: exact per-pixel transforms, so nearest picks the true pixel
     sub = grid.part(r0, r1, c0, c1)
     with WarpedVRT(src, crs=grid.crs, transform=sub.transform, width=sub.width,
@@ -231,30 +242,59 @@ def _read_part(src: rasterio.DatasetReader, grid: GridSpec, resampling: Resampli
 
 
 def _read_nearest(src: rasterio.DatasetReader, grid: GridSpec, band: int, fill: float,
-                  out: np.ndarray, part: Box) -> None:
-    """Nearest-neighbour reprojection of ``part`` of ``grid`` into ``out`` (the part's shape):
-    each pixel takes the source pixel containing its centre (the same pixel as GDAL's warper
-    with a zero error threshold), through a :func:`~terrastill.data.pixelmap.pixel_map`
-    computed once per source grid and reused for every band and date sharing it."""
-    r0, r1, c0, c1 = part
+                  dtype: np.dtype, part: Box) -> np.ndarray:
+    """Nearest-neighbour reprojection of ``part`` of ``grid`` (an array of the part's shape,
+    ``fill`` where the source does not reach): each pixel takes the source pixel containing
+    its centre (the same pixel as GDAL's warper with a zero error threshold), through a
+    :func:`~terrastill.data.pixelmap.pixel_map` computed once per source grid and a
+    :func:`_gather` plan per part, both reused for every band and date sharing them."""
     full = _covered_part(src, grid, None)
     assert full is not None
     key = (_crs_of(src)[1], tuple(src.transform)[:6], src.width, src.height)
+    plan = _gather(key, grid, full, part)
+    shape = (part[1] - part[0], part[3] - part[2])
+    if plan is None:
+        return np.full(shape, fill, dtype=dtype)
+    window, index, inside = plan
+    values = src.read(band, window=window).ravel().take(index)
+    nodata = src.nodata
+    # nodata becomes ``fill``: nothing to do for whole numbers when they are the same value
+    if nodata is not None and not (np.issubdtype(values.dtype, np.integer) and nodata == fill):
+        hit = np.isnan(values) if np.isnan(nodata) else values == nodata
+        np.copyto(values, np.asarray(fill, dtype=values.dtype), where=hit)
+    if inside is None:
+        return values.reshape(shape)
+    out = np.full(shape, fill, dtype=dtype)
+    out[inside] = values
+    return out
+
+
+@lru_cache(maxsize=8)  # a part's bands are read one after another
+def _gather(key: tuple, grid: GridSpec, full: Box,
+            part: Box) -> tuple[Window, np.ndarray, np.ndarray | None] | None:
+    """How to read ``part`` of ``grid`` from the source ``key`` (see
+    :func:`~terrastill.data.pixelmap.pixel_map`, over the ``full`` part it reaches): the source
+    window holding every source pixel the part needs, the flat index in that window of each
+    part pixel the source reaches (row-major), and the mask of those pixels (None when it
+    reaches them all); None when it reaches none. Computed once per part: the bands and
+    dates of one source grid read the same parts."""
+    r0, r1, c0, c1 = part
     mr0, mc0, rows, cols = pixel_map(key, grid, full)
     rows = rows[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
     cols = cols[r0 - mr0:r1 - mr0, c0 - mc0:c1 - mc0]
     inside = rows >= 0
-    if not inside.any():
-        return
-    sr, sc = rows[inside], cols[inside]
+    mask: np.ndarray | None = None
+    if inside.all():
+        sr, sc = rows.ravel(), cols.ravel()
+    elif inside.any():
+        sr, sc, mask = rows[inside], cols[inside], inside
+    else:
+        return None
     top, left = int(sr.min()), int(sc.min())
-    data = src.read(band, window=Window(left, top, int(sc.max()) - left + 1,
-                                        int(sr.max()) - top + 1))
-    values = data[sr - top, sc - left]
-    if src.nodata is not None:
-        nodata = np.isnan(values) if np.isnan(src.nodata) else values == src.nodata
-        values = np.where(nodata, np.asarray(fill, dtype=values.dtype), values)
-    out[inside] = values
+    width = int(sc.max()) - left + 1
+    window = Window(left, top, width, int(sr.max()) - top + 1)
+    index = (sr - top).astype(np.intp) * width + (sc - left)
+    return window, index, mask
 
 
 def read_asset(
@@ -466,31 +506,40 @@ def read_acquisition(
     only those pixels are read (the others are NaN); masked pixels are never read.
     """
     invalid, cloud = qa if qa is not None else read_qa(acq, profile, grid, mask_classes)
-    if need is not None:
-        invalid = invalid | ~need
-    out = np.full((len(bands), grid.height, grid.width), np.nan, dtype=np.float32)
+    skip = invalid | ~need if need is not None else invalid  # NaN whatever the bands hold
+    invalid = skip.copy()  # grows with every band's unfilled pixels
+    todo = ~skip  # what each band reads from its first item
+    anything = bool(todo.any())
+    # every pixel left valid in the end was written by every band, the others become NaN
+    out = np.empty((len(bands), grid.height, grid.width), dtype=np.float32)
     hrefs: dict[str, list[str]] = {}
-    skip = invalid.copy()  # NaN in the end whatever the bands hold
     for b, band in enumerate(bands):
-        filled = skip.copy()
+        filled: np.ndarray | None = None  # None: nothing filled yet (``skip``)
         hrefs[band] = []
         for href, props, item in _hrefs(acq, profile, band, grid.epsg):
-            if filled.all():
+            need_now = todo if filled is None else ~filled
+            if not (anything if filled is None else need_now.any()):
                 break  # the items left could only fill pixels that are already filled
             got = read_asset_part(href, grid, fill=_fill(profile), resampling=resampling,
-                                  todo=~filled)
+                                  todo=need_now)
             hrefs[band].append(href)
             if got is None:
                 _check_footprint(href, item)
                 continue
             box_, dn = got
-            done = filled[_slices(box_)]  # views: updated in place
-            here = _valid_dn(dn, profile) & ~done
+            here = _valid_dn(dn, profile)
+            here &= need_now[_slices(box_)]
             if here.any():
                 np.copyto(out[b][_slices(box_)], profile.to_reflectance(dn, props), where=here)
-                done |= here
-        invalid = invalid | ~filled
+                if filled is None:
+                    filled = skip.copy()
+                filled[_slices(box_)] |= here
+        if filled is None:
+            invalid |= todo
+        else:
+            invalid |= ~filled
     hrefs["qa"] = [h for h, _props, _item in _hrefs(acq, profile, "qa", grid.epsg)]
     np.copyto(out, np.float32(np.nan), where=invalid)
     n = invalid.size
-    return StepRead(out, float(invalid.sum()) / n, float(cloud.sum()) / n, acq, hrefs)
+    return StepRead(out, np.count_nonzero(invalid) / n, np.count_nonzero(cloud) / n, acq,
+                    hrefs)
