@@ -165,12 +165,20 @@ def use_bf16(precision: str, card: Any, device: str = "cpu", model: Any = None) 
     return ok and model is not None and bf16_faster(model, card, device)
 
 
-def window_coords(chip: Any) -> tuple[list[tuple[float, float]], tuple[float, float]]:
-    """(year, day of year) per step and (lat, lon) of the window centre, as in training."""
+def window_coords(chip: Any, days: dict[str, tuple[float, float]] | None = None
+                  ) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    """(year, day of year) per step and (lat, lon) of the window centre, as in training;
+    ``days`` caches the (year, day of year) of each date across the windows of a block."""
     from terrastill.data.dataset import doy_year
 
+    days = {} if days is None else days
     minx, miny, maxx, maxy = chip.grid.lonlat_bounds()
-    temporal = [doy_year(s.acquisition.date) for s in chip.steps]
+    temporal = []
+    for s in chip.steps:
+        date = s.acquisition.date
+        if date not in days:
+            days[date] = doy_year(date)
+        temporal.append(days[date])
     return temporal, ((miny + maxy) / 2, (minx + maxx) / 2)
 
 
@@ -203,29 +211,35 @@ def run_model(loaded: Any, tensors: Sequence[Any], bf16: bool,
 
 
 def read_windows(grids: Sequence[GridSpec], date: dt.date, items: Sequence[dict],
-                 read: ReadOptions, spec: dict) -> list[WindowOutput]:
+                 read: ReadOptions, spec: dict, coords: bool = True) -> list[WindowOutput]:
     """Read and normalise a block of neighbouring windows, sharing their reads
-    (:func:`~terrastill.data.chips.read_chips`); windows without imagery carry the reason."""
+    (:func:`~terrastill.data.chips.read_chips`); windows without imagery carry the reason.
+    ``coords=False`` leaves out the (temporal, location) encodings, for models without them."""
     from terrastill.data.normalize import normalize_chip
 
     t0 = time.perf_counter()
     chips = read_chips(grids, date, items, read)
     got = [c for c in chips if not isinstance(c, Exception)]
     # one normalisation for the block: each chip comes out as it would alone
-    normalised = iter(zip(*normalize_chip(np.stack([c.array for c in got]), spec["mean"],
-                                          spec["std"]), strict=True)) if got else iter(())
+    rgb_at: list[int] | None = None
+    if got:
+        xs, valids = normalize_chip(np.stack([c.array for c in got]), spec["mean"], spec["std"])
+        valids_np = valids.numpy()
+        bands = got[0].bands
+        if all(b in bands for b in ("red", "green", "blue")):
+            rgb_at = [bands.index(b) for b in ("red", "green", "blue")]
+    days: dict[str, tuple[float, float]] = {}  # (year, day of year) per acquisition date
     outs = []
+    k = 0
     for chip in chips:
         if isinstance(chip, Exception):
             outs.append(WindowOutput(np.zeros(0), np.zeros(0), None, [], str(chip)))
             continue
-        x, valid = next(normalised)
-        rgb = None
-        if all(b in chip.bands for b in ("red", "green", "blue")):
-            rgb = chip.array[-1, [chip.bands.index(b) for b in ("red", "green", "blue")]]
+        rgb = chip.array[-1, rgb_at] if rgb_at is not None else None
         ids = sorted({i for s in chip.steps for i in s.acquisition.item_ids})
-        outs.append(WindowOutput(np.zeros(0), valid.numpy(), rgb, ids,
-                                 tensor=x, coords=window_coords(chip)))
+        outs.append(WindowOutput(np.zeros(0), valids_np[k], rgb, ids, tensor=xs[k],
+                                 coords=window_coords(chip, days) if coords else None))
+        k += 1
     per = (time.perf_counter() - t0) / max(1, len(outs))
     for o in outs:
         o.read_s = per
@@ -248,8 +262,11 @@ def infer_windows(model_path: str, grids: Sequence[GridSpec], date: dt.date,
                   items: Sequence[dict], read: ReadOptions, bf16: bool,
                   device: str = "cpu", batch_size: int = 8) -> list[WindowOutput]:
     """Read and run the model on a block of windows. Pure: runs the same on a Dask worker."""
+    from terrastill.models.registry import uses_coords
+
     loaded = _load(model_path, device)
-    outs = read_windows(grids, date, items, read, loaded.card.input_spec)
+    outs = read_windows(grids, date, items, read, loaded.card.input_spec,
+                        uses_coords(loaded.card.arch))
     infer_read(loaded, outs, bf16, batch_size)
     return outs
 
@@ -549,9 +566,12 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
     thread while it runs; on Dask, blocks run on the workers with a bounded queue. Either way
     only a few blocks are in memory at once."""
     if client is None:
+        from terrastill.models.registry import uses_coords
+
         loaded = _load(model_path, device)
         yield from infer_across_blocks(
-            _read_blocks(blocks, date, items, read, loaded.card.input_spec, read_ahead),
+            _read_blocks(blocks, date, items, read, loaded.card.input_spec, read_ahead,
+                         uses_coords(loaded.card.arch)),
             lambda outs: infer_read(loaded, outs, bf16, batch_size), batch_size)
         return
     ahead: deque[tuple[list[GridSpec], Any]] = deque()
@@ -569,12 +589,13 @@ def _run_blocks(client: Any, blocks: list[list[GridSpec]], model_path: str, date
 
 
 def _read_blocks(blocks: list[list[GridSpec]], date: dt.date, items: list[dict],
-                 read: ReadOptions, spec: dict,
-                 read_ahead: int) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
+                 read: ReadOptions, spec: dict, read_ahead: int, coords: bool = True
+                 ) -> Iterator[tuple[list[GridSpec], list[WindowOutput]]]:
     """(grids, read windows) block by block, in order: here, or ``read_ahead`` blocks ahead
     of the consumer in a thread."""
     def one(grids: list[GridSpec]) -> list[WindowOutput]:
-        return read_windows(grids, date, items_over(items, union_grid(grids)), read, spec)
+        return read_windows(grids, date, items_over(items, union_grid(grids)), read, spec,
+                            coords)
 
     if read_ahead <= 0:
         for grids in blocks:
