@@ -13,7 +13,7 @@ import shapely
 from rasterio.enums import Resampling
 from shapely.geometry import box, shape
 
-from terrastill.data.grid import GridSpec, union_grid
+from terrastill.data.grid import GridSpec, lonlat_bounds_many, union_grid
 from terrastill.data.read import (
     Acquisition,
     StepRead,
@@ -235,7 +235,7 @@ def read_chips(
     members_of: dict[tuple[int, ...], list[int]] = {}  # the windows of each candidate list
     # (items, windows): which item footprints touch which window, in one call
     touch = shapely.intersects(footprints[:, None], shapely.box(
-        *np.array([g.lonlat_bounds() for g in grids]).T)[None, :])
+        *np.array(lonlat_bounds_many(grids)).T)[None, :])
     for k in range(len(grids)):
         hits = tuple(np.flatnonzero(touch[:, k]).tolist())
         if hits not in groups:
