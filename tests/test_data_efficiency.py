@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "data_efficiency.py"
+from test_scripts_smoke import load
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("data_efficiency", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("data_efficiency")
 
 
 def test_paired_interval_is_students_t():

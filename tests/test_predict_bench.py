@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import rasterio.env
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
+from test_scripts_smoke import load
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_predict", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("bench_predict")
 
 
 def test_bare_reads_time_both_ways_of_decoding(small_world, monkeypatch):
@@ -39,6 +35,7 @@ def test_bare_reads_time_both_ways_of_decoding(small_world, monkeypatch):
 
 
 def test_negative_read_ahead_is_refused(tmp_path):
-    res = subprocess.run([sys.executable, str(SCRIPT), "m.pt", "--world", str(tmp_path),
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
+    res = subprocess.run([sys.executable, str(script), "m.pt", "--world", str(tmp_path),
                           "--read-ahead", "-1"], capture_output=True, text=True)
     assert res.returncode == 2 and "--read-ahead -1" in res.stderr
