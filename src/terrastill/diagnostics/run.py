@@ -195,14 +195,10 @@ def _occlude(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
 
 def _reference_label(ds: Any, i: int, label: np.ndarray) -> np.ndarray:
     """The dense reference label of chip ``i`` when ``--reference`` replaced the labels."""
-    from terrastill.data.read import read_asset
     from terrastill.training.reference import ReferenceLabels
 
     t = ds.transform
-    if not isinstance(t, ReferenceLabels):
-        return label
-    grid = t.grids[ds.ids[i]]
-    return read_asset(str(t.refs[grid.epsg]), grid, fill=-1).astype(np.int64)
+    return t.reference(ds.ids[i]) if isinstance(t, ReferenceLabels) else label
 
 
 def _clean(o: Any) -> Any:

@@ -122,12 +122,15 @@ class ReferenceLabels:
                 checked.add(epsg)
             self.grids[str(row.id)] = grid
 
-    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+    def reference(self, chip_id: str) -> np.ndarray:
+        """The reference classes on chip ``chip_id``'s grid (-1 where it has none)."""
         from terrastill.data.read import read_asset
 
-        grid = self.grids[str(item["id"])]
-        ref = read_asset(str(self.refs[grid.epsg]), grid, fill=-1).astype(np.int64)
-        label = torch.from_numpy(ref)
+        grid = self.grids[str(chip_id)]
+        return read_asset(str(self.refs[grid.epsg]), grid, fill=-1).astype(np.int64)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        label = torch.from_numpy(self.reference(str(item["id"])))
         label[~item["valid"]] = -1
         item["label"] = label
         return item
