@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import rasterio
+from rasterio.io import MemoryFile
 
-from terrastill.atomic import atomic_path
+from terrastill.atomic import write_bytes_atomic
 from terrastill.data.grid import GridSpec
 
 
@@ -33,17 +33,23 @@ def write_raster(
     tags: Mapping[str, str] | None = None,
     band_tags: Sequence[Mapping[str, str]] | None = None,
 ) -> None:
-    """Write a (bands, H, W) array atomically as a georeferenced GeoTIFF."""
+    """Write a (bands, H, W) array atomically as a georeferenced GeoTIFF.
+
+    The file is made in memory (``/vsimem``) and written out in one piece: the same bytes as
+    GDAL writing it on disk, for about half the time per small file (no header rewrites and
+    seeks on the file system)."""
     if data.ndim == 2:
         data = data[None]
     prof = _profile(grid, data.shape[0], str(data.dtype), nodata)
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **prof) as dst:
-        dst.write(data)
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                dst.set_band_description(i, d)
-        if tags:
-            dst.update_tags(**{k: str(v) for k, v in tags.items()})
-        if band_tags:
-            for i, bt in enumerate(band_tags, start=1):
-                dst.update_tags(i, **{k: str(v) for k, v in bt.items()})
+    with MemoryFile() as mem:
+        with mem.open(**prof) as dst:
+            dst.write(data)
+            if descriptions:
+                for i, d in enumerate(descriptions, start=1):
+                    dst.set_band_description(i, d)
+            if tags:
+                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            if band_tags:
+                for i, bt in enumerate(band_tags, start=1):
+                    dst.update_tags(i, **{k: str(v) for k, v in bt.items()})
+        write_bytes_atomic(path, mem.read())
