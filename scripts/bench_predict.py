@@ -54,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from terrastill.bench.throughput import load_bench_model, measure
-from terrastill.data.read import MAX_OPEN_DATASETS, close_datasets, open_assets, read_env
+from terrastill.data.read import OPENED_LOG_SIZE, close_datasets, open_assets, read_env
 from terrastill.errors import NoImageryError
 from terrastill.inference.aoi import area_km2, bbox_aoi
 from terrastill.inference.predict import PredictRequest, predict, resolve_device
@@ -189,9 +189,9 @@ def run(world: Path, models: list[Path], batch_size: int = 8, seconds: float = 5
                                           device, read_ahead)
                     runs[kind].append({**r.timings, "cpu": time.process_time() - cpu})
                 assets = open_assets()
-                if len(assets) >= MAX_OPEN_DATASETS:  # older ones were closed: too few
+                if len(assets) >= OPENED_LOG_SIZE:  # older ones were forgotten: too few
                     Console(stderr=True).print(
-                        f"[yellow]{label}: the prediction opened {MAX_OPEN_DATASETS} files or "
+                        f"[yellow]{label}: the prediction opened {OPENED_LOG_SIZE} files or "
                         "more; bare reads count only the last ones (a lower bound)")
                 # both kinds of bare reads, in alternating order
                 for threads in (False, True) if i % 2 == 0 else (True, False):

@@ -123,6 +123,25 @@ def test_close_datasets_closes_handles_and_reads_again_the_same(small_world):
         np.testing.assert_array_equal(read_asset(href, grid, fill=0), arr)
 
 
+def test_open_assets_counts_every_threads_opens(small_world):
+    """A prediction reading ahead opens its files in another thread: open_assets() (which
+    the prediction benchmark's bare reads replay) lists them all the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from terrastill.data import read as read_mod
+
+    read_mod.close_datasets()
+    grid = _grid_over_the_boundary(small_world)
+    files = _other_zone_assets(small_world, grid.epsg)[:3]
+    with ThreadPoolExecutor(1) as pool:
+        list(pool.map(lambda h: read_asset(h, grid, fill=0), files[:2]))
+    read_asset(files[2], grid, fill=0)
+    assert read_mod.open_assets() == files  # in the order they were opened
+    assert not set(files[:2]) & set(read_mod._DATASETS.open)  # they were the other thread's
+    read_mod.close_datasets()
+    assert read_mod.open_assets() == []
+
+
 def test_landsat_mosaic_masks_the_clouds_of_every_item(tmp_path):
     """Landsat QA has no nodata value: an item's QA covers only the pixels the item
     reaches, so the next item's QA (here: its clouds) still masks the rest of the grid."""

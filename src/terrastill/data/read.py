@@ -128,6 +128,26 @@ def read_env() -> dict[str, str | int]:
 
 
 MAX_OPEN_DATASETS = 512  # per thread; the least recently used is closed beyond it
+OPENED_LOG_SIZE = 4096  # hrefs remembered by :func:`open_assets`, most recent last
+
+
+class _OpenedLog:
+    """Every thread's dataset opens since :func:`close_datasets`, most recent last (bounded):
+    a prediction that reads ahead in another thread opens its files there."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hrefs: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, href: str) -> None:
+        with self.lock:
+            self.hrefs[href] = None
+            self.hrefs.move_to_end(href)
+            while len(self.hrefs) > OPENED_LOG_SIZE:
+                self.hrefs.popitem(last=False)
+
+
+_OPENED = _OpenedLog()
 
 
 class _OpenDatasets(threading.local):
@@ -146,6 +166,7 @@ class _OpenDatasets(threading.local):
             if problem is not None:  # a truncated remote header: retried with a clean cache
                 ds.close()
                 raise RasterioIOError(f"{href}: {problem}")
+            _OPENED.add(href)
         self.open[href] = ds
         while len(self.open) > self.size:
             self.open.popitem(last=False)[1].close()
@@ -161,20 +182,25 @@ _DATASETS = _OpenDatasets()
 
 
 def close_datasets() -> None:
-    """Close this thread's open datasets (with GDAL's cached blocks of them) and forget the
-    reprojection pixel maps: the next reads open and decode their files afresh, as in a new
-    process. Long-lived processes can call it to give file handles back."""
+    """Close this thread's open datasets (with GDAL's cached blocks of them), forget the
+    reprojection pixel maps and start :func:`open_assets`'s record afresh: the next reads
+    open and decode their files afresh, as in a new process. Long-lived processes can call it
+    to give file handles back."""
     for href in list(_DATASETS.open):
         _DATASETS.drop(href)
+    with _OPENED.lock:
+        _OPENED.hrefs.clear()
     pixel_map.cache_clear()
     _gather.cache_clear()
 
 
 def open_assets() -> list[str]:
-    """The hrefs of this thread's open datasets, least recently used first: which assets a
-    run has read since :func:`close_datasets`, for benchmarks and diagnostics (all of them
-    while fewer than :data:`MAX_OPEN_DATASETS`; beyond that, the most recent ones)."""
-    return list(_DATASETS.open)
+    """The hrefs of the datasets opened since :func:`close_datasets`, by any thread (a
+    prediction's read-ahead thread too), least recently opened first: which assets a run has
+    read, for benchmarks and diagnostics (all of them while fewer than
+    :data:`OPENED_LOG_SIZE`; beyond that, the most recent ones)."""
+    with _OPENED.lock:
+        return list(_OPENED.hrefs)
 
 
 Box = tuple[int, int, int, int]  # rows [r0, r1) and columns [c0, c1) of a grid
