@@ -14,10 +14,11 @@ world, and its classes are scored against the truth rasters (mIoU over both UTM 
 from one confusion matrix). The pretraining windows are read with the chips' temporal options.
 
 ``--recipes`` adds pretrained arms that fine-tune differently (an encoder learning-rate scale
-and layer decay, e.g. ``1:1,0.1:1``); ``--pretrain-world`` pretrains on another world's
-imagery, ``--pretrained`` reuses an encoder and ``--tag`` names its arms, so several encoders
-share one scratch arm; each teacher's score is cached (``score.json``), so a re-run only trains
-and scores what is new.
+and layer decay, e.g. ``1:1,0.1:1``; ``frozen``: the pretrained encoder is frozen, as
+``train --freeze-encoder``, and only the head learns); ``--pretrain-world`` pretrains on
+another world's imagery, ``--pretrained`` reuses an encoder and ``--tag`` names its arms, so
+several encoders share one scratch arm; each teacher's score is cached (``score.json``), so a
+re-run only trains and scores what is new.
 
     python scripts/data_efficiency.py --world demo-out/world --out efficiency/
     python scripts/data_efficiency.py --smoke --out /tmp/eff   # seconds, tiny world
@@ -42,6 +43,7 @@ from rich.table import Table
 
 console = Console(stderr=True)
 SIZES = ("10", "20", "50", "100", "all")
+FROZEN = 0.0  # a recipe's encoder lr scale meaning "frozen encoder" (train --freeze-encoder)
 
 
 def make_flood_chips(world: dict[str, Any], out: Path, chip_size: int, quick: bool) -> Path:
@@ -125,18 +127,23 @@ def prediction_date(world: dict[str, Any], quick: bool) -> dt.date:
 
 def parse_recipes(text: str) -> dict[str, tuple[float, float]]:
     """``ELS:LD,…`` -> {arm name: (encoder lr scale, layer decay)}; ``1:1`` is ``pretrained``;
-    ``none``: the scratch arm only (no pretraining)."""
+    ``frozen`` is ``pretrained-frozen``, held as scale 0 (the encoder does not learn at all:
+    ``train --freeze-encoder``); ``none``: the scratch arm only (no pretraining)."""
     recipes: dict[str, tuple[float, float]] = {}
     if text.strip() == "none":
         return recipes
     for part in filter(None, (p.strip() for p in text.split(","))):
+        if part == "frozen":
+            recipes["pretrained-frozen"] = (FROZEN, 1.0)
+            continue
         try:
             els, ld = (float(v) for v in part.split(":"))
         except ValueError:
             raise ValueError(f"--recipes {part!r}: expected ENCODER_LR_SCALE:LAYER_DECAY, "
                              "e.g. 1:1 or 0.1:0.75") from None
         if not (0 < els <= 1 and 0 < ld <= 1):
-            raise ValueError(f"--recipes {part!r}: both values must be in (0, 1]")
+            raise ValueError(f"--recipes {part!r}: both values must be in (0, 1] "
+                             "('frozen' for a frozen encoder)")
         name = "pretrained" if (els, ld) == (1.0, 1.0) else f"pretrained-e{els:g}-d{ld:g}"
         recipes[name] = (els, ld)
     if not recipes:
@@ -201,10 +208,12 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
                 if weights is None and args.no_scratch and not done.exists():
                     continue  # another run of this --out trains the scratch arm
                 t0 = time.perf_counter()
+                frozen = weights is not None and els == FROZEN
                 if not model.exists():
                     fit(data, model_dir, TrainOptions(model="tiny", epochs=args.epochs,
                                                       seed=seed, weights=weights,
-                                                      encoder_lr_scale=els, layer_decay=ld,
+                                                      encoder_lr_scale=1.0 if frozen else els,
+                                                      layer_decay=ld, freeze_encoder=frozen,
                                                       progress=False,
                                                       name=f"flood-{arm}-{size}"))
                 if done.exists():  # a re-run with more recipes scores each teacher once
@@ -217,6 +226,7 @@ def run(world_dir: Path, out: Path, args: argparse.Namespace) -> list[dict[str, 
                 val = json.loads((model_dir / "metrics.json").read_text()).get("val", {})
                 rows.append({"size": size, "arm": arm, "seed": seed, **picked,
                              "weights": weights, "encoder_lr_scale": els, "layer_decay": ld,
+                             "freeze_encoder": frozen,
                              "miou": round(s["miou"], 4), "accuracy": round(s["accuracy"], 4),
                              "water_iou": s["water_iou"], "pixels": s["pixels"],
                              "val_miou": val.get("miou"),
@@ -292,6 +302,8 @@ def report(rows: list[dict[str, Any]], out: Path, small: int = 50) -> str:
 def arm_recipe(row: dict[str, Any]) -> str:
     """How an arm fine-tunes, in words."""
     els, ld = row["encoder_lr_scale"], row["layer_decay"]
+    if row.get("freeze_encoder"):
+        return "encoder frozen (train --freeze-encoder): only the head learns, at the same lr"
     if (els, ld) == (1.0, 1.0):
         return "every parameter at the same learning rate"
     return f"encoder learning rate × {els:g}, layer decay {ld:g}"
@@ -311,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrained", help="an existing pretrain model.pt (skips pretraining)")
     ap.add_argument("--recipes", default="1:1",
                     help="fine-tuning recipes from the pretrained encoder, ENCODER_LR_SCALE:"
-                         "LAYER_DECAY, comma-separated (1:1: as from scratch; none: only the "
-                         "scratch arm)")
+                         "LAYER_DECAY or frozen, comma-separated (1:1: as from scratch; frozen: "
+                         "only the head learns; none: only the scratch arm)")
     ap.add_argument("--no-scratch", action="store_true",
                     help="train only the pretrained arms (scratch teachers that another run of "
                          "this --out finished are still reported)")

@@ -47,3 +47,38 @@ def test_report_gives_intervals_and_the_pooled_small_sizes(tmp_path):
     assert f"{mean:+.3f}" in pooled and f"[{lo:+.3f}, {hi:+.3f}]" in pooled
     assert "| 4 | 6 pairs |" in pooled  # size 100 stays out of the pooled row
     assert (tmp_path / "data_efficiency.md").read_text() == md
+
+
+@pytest.mark.slow
+def test_frozen_recipe_trains_only_the_head(small_world, flood_model, tmp_path):
+    """``--recipes 1:1,frozen`` on the tiny test world, from a trained encoder: the frozen arm
+    (train --freeze-encoder) keeps the encoder bit for bit while the 1:1 arm changes it, and
+    the report names the recipe."""
+    import json
+
+    import torch
+
+    from terrastill.models.modelfile import load_model_file
+
+    mod = _script()
+    assert mod.parse_recipes("0.1:1,frozen") == {"pretrained-e0.1-d1": (0.1, 1.0),
+                                                  "pretrained-frozen": (mod.FROZEN, 1.0)}
+    assert mod.main(["--smoke", "--world", str(small_world["root"]), "--out", str(tmp_path),
+                     "--pretrained", str(flood_model), "--recipes", "1:1,frozen",
+                     "--no-scratch"]) == 0
+    rows = json.loads((tmp_path / "data_efficiency.json").read_text())
+    assert {r["arm"]: r["freeze_encoder"] for r in rows} == {"pretrained": False,
+                                                            "pretrained-frozen": True}
+    start = load_model_file(flood_model).model.state_dict()
+
+    def encoder(arm: str) -> dict[str, torch.Tensor]:
+        """The encoder's learnt parameters (not the fixed sin-cos ``pos_embed`` buffer, which is
+        rebuilt for these chips' time steps)."""
+        model = load_model_file(tmp_path / f"teacher-5-{arm}-s0" / "model.pt").model
+        return {k: v for k, v in model.named_parameters() if k.startswith("encoder.")}
+
+    frozen, tuned = encoder("pretrained-frozen"), encoder("pretrained")
+    assert frozen and all(torch.equal(v, start[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, start[k]) for k, v in tuned.items())
+    md = (tmp_path / "data_efficiency.md").read_text()
+    assert "pretrained-frozen: from" in md and "encoder frozen" in md
