@@ -262,7 +262,7 @@ def evaluate(work: Path, out: Path, smoke: bool, repeats: int) -> dict[str, Any]
         valid &= np.isfinite(x).all(axis=1)
     y = (share.reshape(-1) >= 0.5).astype(int)[valid]
     sets = {k: v[valid] for k, v in sets.items()}
-    sizes = [n for n in ((10, 20) if smoke else CLICKS) if n // 2 <= min(y.sum(), (1 - y).sum())]
+    sizes = [n for n in ((10,) if smoke else CLICKS) if n // 2 <= min(y.sum(), (1 - y).sum())]
     table: dict[str, dict[str, dict[str, float]]] = {}
     for k, x in sets.items():
         table[k] = {}
@@ -359,7 +359,7 @@ def main() -> None:
         out = args.out or Path(tmp) / "out"
         work.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        res = evaluate(work, out, args.smoke, 2 if args.smoke else args.repeats)
+        res = evaluate(work, out, args.smoke, 1 if args.smoke else args.repeats)
         sys.stdout.write(markdown(res))
 
 
