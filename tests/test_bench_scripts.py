@@ -49,9 +49,13 @@ def test_bench_predict_reports_the_split_and_memory(small_world, flood_model):
     for kind in ("cold", "warm"):
         assert row[f"{kind}_total_s"] >= row[f"{kind}_inference_s"] > 0
         assert row[f"{kind}_read_s"] > 0 and row[f"{kind}_e2e_over_model_only"] > 0
-    # bare reads of the same assets cost less than the run's reading and writing
+    # the ceiling: model time plus bare reads of the same assets (how they compare with the
+    # run's own reading is a timing, for the benchmark to report, not for a test to assert)
     assert row["assets_read"] > 0 and row["bare_read_s"] > 0
-    assert row["cold_ratio_ceiling"] > row["cold_e2e_over_model_only"]
+    predicted = row["windows"] - row["skipped_windows"]
+    ceiling = predicted / (row["cold_inference_s"] + row["bare_read_s"])
+    assert row["cold_ratio_ceiling"] == pytest.approx(ceiling / row["model_only_img_per_s"],
+                                                      rel=0.02, abs=0.002)
     small, large = row["pixels_small_vs_4x"]
     assert large > 2 * small
     assert 0 < row["peak_rss_mb_small_aoi"] < 1536 and 0 < row["peak_rss_mb_4x_aoi"] < 1536
